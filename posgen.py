@@ -1,0 +1,289 @@
+"""PosGen, the synthetic train-short-test-long benchmark of the Resonance RoPE paper (Section 5, Figure 2).
+
+Each task fixes which j+k earlier tokens x_l depends on, so generating a late token is exactly as hard as
+generating an early one; a model that fails after the training length L fails because it does not
+recognise the new positions, not because the rule got harder. Paper setting (Section 6.1.1, Appendix C.1):
+h = modular addition mod 17, j = 1, k = 3, 10,000 training sequences of length 64, 1,000 validation and
+1,000 test sequences of length 256, no first-(j+k)-token prefix shared between them.
+
+    python posgen.py --task semirecursive --show 3
+    python posgen.py --task cot --length 24 --position 20 --modulus 7
+
+numpy only; generation is vectorised over sequences and loops only over positions l (each token needs the
+previous ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+TASKS = ("recursive", "cot", "semirecursive")
+
+RULES = {
+    "recursive": "x_l = h(x_{l-(j+k)}, …, x_{l-1})",
+    "cot": "x_l = h(x_0, …, x_{j-1}, x_{l-k}, …, x_{l-1})",
+    "semirecursive": "x_l = h(x_p, …, x_{p+j-1}, x_{l-k}, …, x_{l-1}),  p = ⌊(l-(j+k))/2⌋",
+}
+
+
+def _check_params(task: str, j: int, k: int, modulus: int) -> None:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if j < 1:
+        raise ValueError(f"j must be >= 1, got {j}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not 2 <= modulus <= 2**63 // (j + k):
+        # The upper bound keeps a sum of j+k tokens inside int64.
+        raise ValueError(f"modulus must be in [2, 2**63 // (j+k) = {2**63 // (j + k)}], got {modulus}")
+
+
+def _positions(task: str, l: int, j: int, k: int) -> list[int]:
+    """The j+k positions x_l reads, in the order they are passed to h (ascending, all distinct, all < l).
+
+    Semi-recursive: with m = l-(j+k) ≥ 0 the far block ends at p+j-1 = ⌊m/2⌋+j-1 < m+j = l-k, so it never
+    overlaps the k local tokens; CoT's first j tokens end at j-1 < l-k for the same reason (l ≥ j+k).
+    """
+    if task == "recursive":
+        return list(range(l - (j + k), l))
+    far = 0 if task == "cot" else (l - (j + k)) // 2
+    return list(range(far, far + j)) + list(range(l - k, l))
+
+
+def dependencies(task: str, l: int, j: int = 1, k: int = 3) -> tuple[int, ...]:
+    """Positions of the tokens that x_l depends on (Section 5, Figure 2), for l ≥ j+k.
+
+    Recursive: l-(j+k) … l-1.  CoT: 0 … j-1 and l-k … l-1.  Semi-recursive: p … p+j-1 and l-k … l-1 with
+    p = ⌊(l-(j+k))/2⌋. Always exactly j+k distinct positions, so difficulty does not grow with l.
+    """
+    _check_params(task, j, k, 2)
+    if l < j + k:
+        raise ValueError(f"l must be >= j+k = {j + k}, got {l}")
+    return tuple(_positions(task, l, j, k))
+
+
+def generate(
+    task: str,
+    prefix: np.ndarray,
+    length: int,
+    j: int = 1,
+    k: int = 3,
+    modulus: int = 17,
+    h: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Extend each row of ``prefix`` to ``length`` tokens with the PosGen rule of ``task``.
+
+    Args:
+        task: "recursive", "cot" or "semirecursive" (Section 5):
+            recursive:      x_l = h(x_{l-(j+k)}, …, x_{l-1})
+            CoT:            x_l = h(x_0, …, x_{j-1}, x_{l-k}, …, x_{l-1})
+            semi-recursive: x_l = h(x_p, …, x_{p+j-1}, x_{l-k}, …, x_{l-1}),  p = ⌊(l-(j+k))/2⌋.
+            The paper's typeset semi-recursive indices, ⌊l-(j+k)/2⌋-j … ⌊l-(j+k)/2⌋-1, are ambiguous:
+            taken as written they overlap the local tokens (x_{l-3} for j=1, k=3), read as
+            ⌊(l-(j+k))/2⌋-j they are negative at l = j+k. p here is the rule of the authors' released
+            generator, whose far pointer starts at 0 and advances by one every two generated tokens.
+        prefix: (n, w) integers in [0, modulus), the first w ≥ j+k tokens of each sequence (normally
+            w = j+k); a wider prefix continues a sequence from position w.
+        length: total tokens per sequence, > w.
+        j, k: the paper's difficulty constants (j far tokens, k local tokens), each ≥ 1.
+        modulus: vocabulary size |V|; tokens are 0 … modulus-1.
+        h: V^{j+k} → V applied row-wise: takes an (n, j+k) integer array of the dependencies in the order
+            above and returns n integers in [0, modulus). Default: (Σ_i x_i) mod modulus (Section 6.1.1).
+
+    Returns:
+        (n, length) int64 array whose first w columns are ``prefix``.
+    """
+    _check_params(task, j, k, modulus)
+    prefix = np.asarray(prefix)
+    if prefix.ndim != 2 or prefix.shape[1] < j + k:
+        raise ValueError(f"prefix must have shape (n, w) with w >= j+k = {j + k}, got {prefix.shape}")
+    if prefix.size and not np.issubdtype(prefix.dtype, np.integer):
+        raise ValueError(f"prefix must hold integers, got dtype {prefix.dtype}")
+    if prefix.size and (prefix.min() < 0 or prefix.max() >= modulus):
+        raise ValueError(f"prefix values must be in [0, {modulus}), got [{prefix.min()}, {prefix.max()}]")
+    n, w = prefix.shape
+    if length <= w:
+        raise ValueError(f"length must be > prefix width {w} (j+k = {j + k}), got {length}")
+    if h is None:
+        return _generate_mod_sum(task, prefix, length, j, k, modulus)
+
+    # Position-major buffer: x[l] is one contiguous row over all sequences, so each step reads and writes
+    # contiguous memory (about 4x faster than slicing columns of an (n, length) array).
+    x = np.empty((length, n), dtype=np.int64)
+    x[:w] = prefix.T
+    for l in range(w, length):
+        if task == "recursive":
+            window = x[l - (j + k):l]  # a view: the j+k dependencies are contiguous
+        else:
+            window = x[_positions(task, l, j, k)]
+        out = np.asarray(h(window.T))
+        if out.shape != (n,) or (n and out.dtype.kind not in "iu"):
+            raise ValueError(f"h must return ({n},) integers, got shape {out.shape} dtype {out.dtype}")
+        x[l] = out
+    if n and (x[w:].min() < 0 or x[w:].max() >= modulus):
+        raise ValueError(f"h must return values in [0, {modulus}), got [{x[w:].min()}, {x[w:].max()}]")
+    return np.ascontiguousarray(x.T)
+
+
+def _generate_mod_sum(task: str, prefix: np.ndarray, length: int, j: int, k: int, modulus: int) -> np.ndarray:
+    """``generate`` with the default h = (Σ x_i) mod modulus, about 3x faster than calling h per step."""
+    n, w = prefix.shape
+    top = (j + k) * (modulus - 1)  # the largest sum of j+k tokens
+    # The narrowest dtype that holds every sum (uint8 for the paper's mod 17) moves the least memory.
+    dtype = np.min_scalar_type(top)
+    # A lookup table turns the per-token integer division of `%` into a gather, when the table is small.
+    table = (np.arange(top + 1) % modulus).astype(dtype) if top < 2**16 else None
+    x = np.empty((length, n), dtype=dtype)  # position-major: each step touches contiguous rows
+    x[:w] = prefix.T
+    s = np.empty(n, dtype=dtype)
+    for l in range(w, length):
+        first, second, *rest = _positions(task, l, j, k)
+        np.add(x[first], x[second], out=s)
+        for q in rest:
+            s += x[q]
+        if table is None:
+            np.remainder(s, modulus, out=x[l])
+        else:
+            np.take(table, s, out=x[l], mode="clip")  # "clip": sums are in range, and it skips a buffer
+    return np.ascontiguousarray(x.T, dtype=np.int64)
+
+
+def _sample_prefixes(rng: np.random.Generator, count: int, width: int, modulus: int) -> np.ndarray:
+    """``count`` distinct rows of ``width`` base-``modulus`` digits, uniformly without replacement."""
+    total = modulus**width  # a Python int: exact even past 2**63
+    if total < 2**63:
+        # Sample codes 0 … total-1 (numpy never materialises the range unless count is a large share of
+        # it), then decode digits, most significant first.
+        codes = rng.choice(total, size=count, replace=False).astype(np.int64)
+        digits = np.empty((count, width), dtype=np.int64)
+        for i in range(width - 1, -1, -1):
+            codes, digits[:, i] = np.divmod(codes, modulus)
+        return digits
+    # Codes would overflow int64: draw digit rows and redraw repeats. Keeping first occurrences and
+    # redrawing the rest is sequential sampling with rejection, i.e. still uniform without replacement;
+    # with ≥ 2**63 prefixes a repeat is vanishingly rare.
+    rows = rng.integers(0, modulus, size=(count, width))
+    while True:
+        _, first = np.unique(rows, axis=0, return_index=True)
+        if first.size == count:
+            return rows
+        keep = np.sort(first)
+        rows = np.concatenate([rows[keep], rng.integers(0, modulus, size=(count - keep.size, width))])
+
+
+def make_splits(
+    task: str,
+    n_train: int = 10000,
+    n_val: int = 1000,
+    n_test: int = 1000,
+    train_len: int = 64,
+    test_len: int = 256,
+    j: int = 1,
+    k: int = 3,
+    modulus: int = 17,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Train/validation/test sequences of Section 6.1.1 and Appendix C.1.
+
+    The first j+k tokens of all n_train+n_val+n_test sequences are drawn without replacement from the
+    modulus^(j+k) possible prefixes, so no split shares a prefix with another (nor repeats one). The
+    authors' released code instead cycles ``combinations(range(17), 4)`` and slices val/test from the
+    start of that same list, so their val/test prefixes are training prefixes; we follow the paper.
+
+    Returns:
+        {"train": (n_train, train_len), "val": (n_val, test_len), "test": (n_test, test_len)} int64 arrays,
+        identical for the same arguments and seed.
+    """
+    _check_params(task, j, k, modulus)
+    for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    for name, value in (("train_len", train_len), ("test_len", test_len)):
+        if value <= j + k:
+            raise ValueError(f"{name} must be > j+k = {j + k}, got {value}")
+    count = n_train + n_val + n_test
+    if count > modulus ** (j + k):
+        raise ValueError(f"n_train+n_val+n_test must be <= modulus^(j+k) = {modulus ** (j + k)} distinct "
+                         f"prefixes, got {count}")
+    rng = np.random.default_rng(seed)
+    prefixes = _sample_prefixes(rng, count, j + k, modulus)
+    # One pass to the longer length: the rule is causal, so a training sequence is the start of its own
+    # longer continuation.
+    seqs = generate(task, prefixes, max(train_len, test_len), j, k, modulus)
+    return {
+        "train": np.ascontiguousarray(seqs[:n_train, :train_len]),
+        "val": np.ascontiguousarray(seqs[n_train:n_train + n_val, :test_len]),
+        "test": np.ascontiguousarray(seqs[n_train + n_val:, :test_len]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="posgen.py", description="Print PosGen sequences and one token's dependencies "
+                                              "(a text version of the paper's Figure 2).")
+    p.add_argument("--task", choices=TASKS, default="recursive")
+    p.add_argument("--show", type=int, default=3, help="number of sequences to print")
+    p.add_argument("--length", type=int, default=16, help="tokens per sequence")
+    p.add_argument("--position", type=int, help="the l whose dependencies are marked (default: last)")
+    p.add_argument("-j", "--j", type=int, default=1, help="far tokens")
+    p.add_argument("-k", "--k", type=int, default=3, help="local tokens")
+    p.add_argument("--modulus", type=int, default=17, help="h = sum mod modulus; vocabulary 0 … modulus-1")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        _check_params(args.task, args.j, args.k, args.modulus)
+        if not 1 <= args.show <= args.modulus ** (args.j + args.k):
+            raise ValueError(f"--show must be in [1, modulus^(j+k) = {args.modulus ** (args.j + args.k)}], "
+                             f"got {args.show}")
+        if args.length <= args.j + args.k:
+            raise ValueError(f"--length must be > j+k = {args.j + args.k}, got {args.length}")
+        seqs = make_splits(args.task, n_train=args.show, n_val=0, n_test=0, train_len=args.length,
+                           test_len=args.length, j=args.j, k=args.k, modulus=args.modulus,
+                           seed=args.seed)["train"]
+        l = args.length - 1 if args.position is None else args.position
+        if not args.j + args.k <= l < args.length:
+            raise ValueError(f"--position must be in [j+k, length) = [{args.j + args.k}, {args.length}), "
+                             f"got {l}")
+        deps = dependencies(args.task, l, args.j, args.k)
+    except ValueError as e:
+        print(f"posgen.py: error: {e}", file=sys.stderr)
+        return 2
+
+    width = len(str(max(args.length, args.modulus) - 1)) + 2
+
+    def cells(row) -> str:
+        return "".join(f"{v:>{width}}" for v in row)
+
+    print(f"{args.task}: {RULES[args.task]}")
+    print(f"h = sum mod {args.modulus}, j = {args.j}, k = {args.k}")
+    print(f"{'position':<10}{cells(range(args.length))}")
+    for i, row in enumerate(seqs):
+        print(f"{f'seq {i}':<10}{cells(row)}")
+    marks = ["d" if q in deps else ("^" if q == l else "") for q in range(args.length)]
+    print(f"{f'x_{l}':<10}{cells(marks)}".rstrip())
+    terms = " + ".join(f"x_{q}" for q in deps)
+    values = " + ".join(str(seqs[0, q]) for q in deps)
+    print(f"x_{l} = ({terms}) mod {args.modulus} = ({values}) mod {args.modulus} = {seqs[0, l]}   (seq 0; "
+          f"d = depends on, ^ = generated)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
