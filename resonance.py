@@ -294,7 +294,7 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, mscale: float 
             fs, ps = feats[short], periods[short]
             offsets = torch.cumsum(ps, 0) - ps
             r = torch.arange(int(ps.sum()), dtype=torch.int64) - torch.repeat_interleave(offsets, ps)
-            ang = 2 * math.pi * r.to(torch.float64) / torch.repeat_interleave(ps, ps).to(torch.float64)
+            ang = r.to(torch.float64) * torch.repeat_interleave(2 * math.pi / ps.to(torch.float64), ps)
             cos_period = (torch.cos(ang) * mscale).to(dtype)
             sin_period = (torch.sin(ang) * mscale).to(dtype)
             if fs.numel() == n_feat and pos.abs().max() < 2**50 and ps.sum() < 2**31:
@@ -304,7 +304,7 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, mscale: float 
                 # integer, so ⌊·⌋ is exact for |n| < 2^50, and it vectorises where integer division does not.
                 p64 = ps.to(torch.float64)
                 inv_p, off64 = 1.0 / p64, offsets.to(torch.float64)
-                rows = max(1, 2**16 // n_feat)
+                rows = max(1, 2**18 // n_feat)
                 buf = torch.empty(min(rows, n_pos), n_feat, dtype=torch.float64)
                 idx = torch.empty(min(rows, n_pos), n_feat, dtype=torch.int32)
                 flat_cos, flat_sin = cos.view(-1), sin.view(-1)
@@ -324,7 +324,7 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, mscale: float 
         if (~short).any():
             fl, pl = feats[~short], periods[~short]
             r = torch.remainder(pos[:, None], pl)
-            ang = 2 * math.pi * r.to(torch.float64) / pl.to(torch.float64)
+            ang = r.to(torch.float64) * (2 * math.pi / pl.to(torch.float64))  # the same angle as a period table
             cos[:, fl] = (torch.cos(ang) * mscale).to(dtype)
             sin[:, fl] = (torch.sin(ang) * mscale).to(dtype)
     return cos, sin
