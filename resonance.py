@@ -441,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{j:>3} {f'{2 * j}-{2 * j + 1}':>9} {lam0[j].item():>13.2f} {lam[j].item():>13.2f} "
               f"{lam_r[j].item():>9.0f} {kind:>5} {gap[j].item():>9.4f} {gap_r[j].item():>9.4f}")
     pre = slice(0, c)
-    print(f"c = {c} pre-critical features of {theta.numel()} (dimensions 0-{2 * c - 1}); "
-          f"critical λ_c ≥ L = {a.train_len}")
+    c0 = critical_dim(theta0, a.train_len)
+    print(f"c = {c} pre-critical features of {theta.numel()} (dimensions 0-{2 * c - 1}), those with λ_j < L = "
+          f"{a.train_len}" + (f"; unscaled RoPE has c = {c0}" if c0 != c else ""))
     print(f"mean feature gap, all features: {gap.mean().item():.4f} -> {gap_r.mean().item():.4f} with Resonance")
     if c:
         print(f"mean feature gap, pre-critical: {gap[pre].mean().item():.4f} -> "
