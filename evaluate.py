@@ -244,15 +244,17 @@ def cmd_posgen(args: argparse.Namespace) -> int:
         if args.task is None or args.pe is None:
             raise ValueError("give --checkpoint, or --task and --pe (with --preset, --protocol, --seed)")
         preset = finetune.check_run_args(args.task, args.pe, args.preset, args.protocol)
-        path = finetune.run_dir(args.runs_dir, preset, args.protocol, args.task, args.pe, args.seed)
-    net, state = finetune.load_posgen_checkpoint(path)
+        path = finetune.run_dir(args.runs_dir, preset, args.protocol, args.task,
+                                finetune.training_run_pe(args.pe, args.protocol), args.seed)
+    net, state = finetune.load_posgen_checkpoint(path, args.pe)
     meta = state["meta"]
     preset = finetune.Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
     if state["epoch"] < preset.epochs:
         print(f"note: the run is unfinished (epoch {state['epoch']}/{preset.epochs})", file=sys.stderr)
     r = finetune.evaluate_posgen(net, finetune.posgen_data(meta)["test"], preset)
     pe = net.config.pe
-    print(f"{meta['task']} {meta['pe']} seed {meta['seed']} ({preset.name} preset, {meta['protocol']} protocol, "
+    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({preset.name} preset, {meta['protocol']} "
+          f"protocol, trained as {meta['pe']}, "
           f"epoch {state['epoch']}); evaluated with {pe.method} s={pe.factor:.4g} resonance={pe.resonance}")
     print(f"test loss {r['loss']:.4f}   ID acc (positions {preset.j + preset.k}-{preset.train_len - 1}) "
           f"{100 * r['id_acc']:.2f}%   OOD acc (positions {preset.train_len}-{preset.test_len - 1}) "
@@ -271,7 +273,8 @@ def _add_posgen_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("posgen", help="test one trained PosGen run: ID, OOD and per-position accuracy")
     p.add_argument("--checkpoint", help="a run directory or its ckpt.pt (else give --task and --pe)")
     p.add_argument("--task", help=f"one of {posgen.TASKS}")
-    p.add_argument("--pe", help=f"one of {model_lib.PE_NAMES}")
+    p.add_argument("--pe", help=f"one of {model_lib.PE_NAMES}; with --checkpoint, the row whose evaluation table "
+                   "to use (default: the run's own)")
     p.add_argument("--seed", type=int, default=5549)
     p.add_argument("--preset", default="quick", help=f"one of {tuple(finetune.PRESETS)} (default quick)")
     p.add_argument("--protocol", default=finetune.DEFAULT_PROTOCOL,
@@ -389,14 +392,16 @@ def cmd_table1(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
         r = finetune.run_posgen(task, pe, seed, preset, args.protocol, args.runs_dir, args.device)
         runs.append({"task": task, "pe": pe, "seed": seed, "id_acc": r["id_acc"], "ood_acc": r["ood_acc"],
-                     "wall_s": r["wall_s"], "learned": r["id_acc"] >= finetune.LEARNED_ID_ACC,
+                     "wall_s": r["wall_s"], "trained_as": r["trained_as"], "train_s": r["train_s"],
+                     "test_s": r["test_s"], "learned": r["id_acc"] >= finetune.LEARNED_ID_ACC,
                      "history": r["history"]})
     wall = time.perf_counter() - t0
     summary = table1_summary(runs)
     print(format_table1(summary, preset.name, args.protocol, len(seeds)))
     runs_wall = sum(r["wall_s"] for r in runs)
-    print(f"wall time: {wall:.0f} s this call; {runs_wall:.0f} s summed over the {len(runs)} runs "
-          f"(training + test, first time each was run); {torch.get_num_threads()} threads")
+    n_trained = sum(r["trained_as"] == r["pe"] for r in runs)
+    print(f"wall time: {wall:.0f} s this call; {runs_wall:.0f} s summed over the {len(runs)} rows "
+          f"({n_trained} training runs + {len(runs)} tests, timed when first run); {torch.get_num_threads()} threads")
     fig_path = out.with_name(out.stem + "_fig3.png")
     plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, {args.protocol} protocol")
     out.parent.mkdir(parents=True, exist_ok=True)

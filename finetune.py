@@ -131,6 +131,21 @@ def run_dir(root: str | Path, preset: Preset, protocol: str, task: str, pe: str,
     return Path(root) / "posgen" / f"{preset.name}-{protocol}" / task / pe / f"seed{seed}"
 
 
+def training_run_pe(pe: str, protocol: str) -> str:
+    """The row whose training run ``pe`` uses. Under ``code`` a YaRN row trains exactly as its RoPE row (same
+    unscaled table, data, seed and RNG; validation draws no random numbers), so the two rows share one
+    training run — bit-identical weights — and differ only in the table they are validated and tested with."""
+    if protocol == "code" and pe.endswith("yarn"):
+        return pe.removesuffix("yarn") + "rope"
+    return pe
+
+
+def _pes_sharing(pe: str, protocol: str) -> list[str]:
+    """Every row trained by the training run of ``pe`` (its own row first)."""
+    own = training_run_pe(pe, protocol)
+    return [own] + [p for p in model_lib.PE_NAMES if p != own and training_run_pe(p, protocol) == own]
+
+
 def tiny_config(preset: Preset, pe: model_lib.PEConfig) -> model_lib.TinyConfig:
     """The model of a preset: vocabulary = modulus + one start token, tables for positions 0 … L'−1."""
     return model_lib.TinyConfig(vocab_size=preset.modulus + 1, n_layer=preset.n_layer, d_model=preset.d_model,
@@ -253,26 +268,32 @@ def posgen_data(meta: dict) -> dict[str, np.ndarray]:
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
                  runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None,
                  progress: bool = True) -> dict:
-    """Train one (task, PE, seed) run, resuming from its checkpoint if one exists.
+    """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
     Loss: cross-entropy on every token after the given prefix (targets x_{j+k} … x_{L−1}). AdamW, one-cycle
     cosine schedule (``one_cycle_lr``), batches drawn by a seeded generator whose state is checkpointed with
     the model, optimizer, epoch and the dropout RNG. Validation on the L'-long split uses the *evaluation*
-    table of the protocol (``model.posgen_pes``): val loss, ID and OOD accuracy.
+    table of the protocol (``model.posgen_pes``): val loss, ID and OOD accuracy — for every row that shares
+    this training run (``training_run_pe``: under ``code`` the RoPE run also validates as the YaRN row).
 
     Args:
         stop_after: train at most this many epochs in this call (as if killed after them), then return.
     Returns:
-        The checkpoint dict (meta, model state, history, epoch, elapsed_s, …).
+        The checkpoint dict (meta, model state, history, epoch, elapsed_s, …); each history row holds
+        {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {pe: {"val_loss", "id_acc",
+        "ood_acc"}}.
     """
     preset = check_run_args(task, pe, preset, protocol)
     dev = torch.device(device)
+    sharing = _pes_sharing(pe, protocol)
+    pe = sharing[0]
     meta = _run_meta(task, pe, seed, preset, protocol)
     out = run_dir(runs_root, preset, protocol, task, pe, seed)
     ckpt_path = out / "ckpt.pt"
 
     torch.manual_seed(seed)
-    net, train_pe, eval_pe = build_posgen_model(meta)
+    net, train_pe, _ = build_posgen_model(meta)
+    val_pes = {p: model_lib.posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
     net.to(dev)
     decay = [p for p in net.parameters() if p.dim() >= 2]
     no_decay = [p for p in net.parameters() if p.dim() < 2]  # RMSNorm gains: no weight decay
@@ -322,10 +343,12 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
             loss_sum += loss.detach()
         row = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch, "lr": lr}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            net.set_pe(eval_pe)
-            val = evaluate_posgen(net, data["val"], preset, dev)
+            row["val"] = {}
+            for name, table in val_pes.items():
+                net.set_pe(table)
+                val = evaluate_posgen(net, data["val"], preset, dev)
+                row["val"][name] = {"val_loss": val["loss"], "id_acc": val["id_acc"], "ood_acc": val["ood_acc"]}
             net.set_pe(train_pe)
-            row.update(val_loss=val["loss"], id_acc=val["id_acc"], ood_acc=val["ood_acc"])
         now = time.perf_counter()
         row["elapsed_s"] = state["elapsed_s"] + now - t_last
         t_last = now
@@ -338,50 +361,64 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
         _write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
         if progress:
             eta = (now - t_session) / (epoch + 1 - first_epoch) * (preset.epochs - epoch - 1)
-            val_part = (f"  val_loss {row['val_loss']:.3f}  id_acc {_pct(row['id_acc'])}  "
-                        f"ood_acc {_pct(row['ood_acc'])}" if "val_loss" in row else "")
+            val_part = "".join(
+                f"  {'' if name == pe else name + ': '}val_loss {v['val_loss']:.3f}  id_acc {_pct(v['id_acc'])}  "
+                f"ood_acc {_pct(v['ood_acc'])}" for name, v in row.get("val", {}).items())
             print(f"{task}/{pe}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val_part}  "
                   f"elapsed {_fmt_s(row['elapsed_s'])}  eta {_fmt_s(eta)}", file=sys.stderr, flush=True)
     return state
 
 
-def load_posgen_checkpoint(path: str | Path) -> tuple[model_lib.TinyTransformer, dict]:
-    """A trained run's model (CPU, eval mode, holding its *evaluation* table) and its checkpoint dict."""
+def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[model_lib.TinyTransformer, dict]:
+    """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
+    own row; any row sharing the training run, ``training_run_pe``), and its checkpoint dict."""
     path = Path(path)
     if path.is_dir():
         path = path / "ckpt.pt"
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    net, _, eval_pe = build_posgen_model(state["meta"])
+    meta = state["meta"]
+    pe = meta["pe"] if pe is None else pe
+    if pe not in _pes_sharing(meta["pe"], meta["protocol"]):
+        raise ValueError(f"pe must be one of the rows trained by this run, "
+                         f"{tuple(_pes_sharing(meta['pe'], meta['protocol']))}, got {pe!r}")
+    net, _, _ = build_posgen_model(meta)
     net.load_state_dict(state["model"])
-    net.set_pe(eval_pe)
+    p = meta["preset"]
+    net.set_pe(model_lib.posgen_pes(pe, meta["protocol"], p["train_len"], p["test_len"])[1])
     return net.eval(), state
 
 
 def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
                runs_root: str | Path = "runs", device: str = "cpu", progress: bool = True) -> dict:
-    """Train (or resume, or reuse) one run, then test it with the protocol's evaluation table.
+    """Train (or resume, or reuse) the run of one row, then test it with the row's evaluation table.
 
-    A finished run's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed",
-    "protocol", "preset", "id_acc", "ood_acc", "per_position", "wall_s" (training + test), "history"}.
+    A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed",
+    "protocol", "preset", "id_acc", "ood_acc", "test_loss", "per_position", "trained_as", "train_s", "test_s",
+    "wall_s", "history"}. A row that shares another row's training (``training_run_pe``) has "trained_as" set
+    to that row and train_s = 0: the training time is counted once, on the row that owns it.
     """
     preset = check_run_args(task, pe, preset, protocol)
     meta = _run_meta(task, pe, seed, preset, protocol)
-    out = run_dir(runs_root, preset, protocol, task, pe, seed)
-    result_path = out / "result.json"
+    result_path = run_dir(runs_root, preset, protocol, task, pe, seed) / "result.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
         if result["meta"] == json.loads(json.dumps(meta)):
             return result
+    trained_as = training_run_pe(pe, protocol)
     state = train_posgen(task, pe, seed, preset, protocol, runs_root, device, progress=progress)
     t0 = time.perf_counter()
-    net, _ = load_posgen_checkpoint(out)
+    net, _ = load_posgen_checkpoint(run_dir(runs_root, preset, protocol, task, trained_as, seed), pe)
     test = evaluate_posgen(net.to(device), posgen_data(meta)["test"], preset, device)
+    test_s = time.perf_counter() - t0
+    train_s = state["elapsed_s"] if trained_as == pe else 0.0
+    history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {}) for h in state["history"]]
     result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": preset.name,
               "id_acc": test["id_acc"], "ood_acc": test["ood_acc"], "test_loss": test["loss"],
-              "per_position": test["per_position"], "wall_s": state["elapsed_s"] + time.perf_counter() - t0,
-              "history": state["history"]}
+              "per_position": test["per_position"], "trained_as": trained_as, "train_s": train_s,
+              "test_s": test_s, "wall_s": train_s + test_s, "history": history}
+    result_path.parent.mkdir(parents=True, exist_ok=True)
     _write_json(result_path, result)
     return result
 

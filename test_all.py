@@ -604,7 +604,7 @@ def test_tiny_protocol_tables_match_paper_and_authors_code():
 
 
 def test_posgen_train_code_protocol_trains_unscaled_evaluates_scaled(tmp_path, monkeypatch):
-    seen = []  # (training?, table) of every forward
+    seen = []  # (training?, PE config, table rows) of every forward
     forward = model.TinyTransformer.forward
 
     def spy(self, idx, targets=None):
@@ -617,13 +617,40 @@ def test_posgen_train_code_protocol_trains_unscaled_evaluates_scaled(tmp_path, m
         train_pe, eval_pe = model.posgen_pes("resonance_yarn", protocol, 16, 32)
         r = finetune.run_posgen("cot", "resonance_yarn", 7, TINY_PRESET, protocol, tmp_path, progress=False)
         assert 0 <= r["ood_acc"] <= 1 and len(r["history"]) == 3 and all("val_loss" in h for h in r["history"])
+        # Validation also scores the rows sharing this training run (code: Res. RoPE); the test is ours alone.
+        allowed = {model.posgen_pes(p, protocol, 16, 32)[1] for p in model.PE_NAMES
+                   if finetune.training_run_pe(p, protocol) == finetune.training_run_pe("resonance_yarn", protocol)}
         for training, pe, table in seen:
-            want = train_pe if training else eval_pe
-            theta, mscale = want.inv_freq(64, 10000.0)
-            assert pe == want and torch.equal(table, resonance.rope_cos_sin(theta, torch.arange(len(table)),
-                                                                            mscale)[0])
-        assert {t for t, _, _ in seen} == {True, False}
+            assert pe == train_pe if training else pe in allowed
+            theta, mscale = pe.inv_freq(64, 10000.0)
+            assert torch.equal(table, resonance.rope_cos_sin(theta, torch.arange(len(table)), mscale)[0])
+        assert sum(training for training, _, _ in seen) == 3 * 3  # 3 epochs × 96/32 batches
+        assert not seen[-1][0] and seen[-1][1] == eval_pe  # the test (one batch of 16) comes last
+        assert sum(pe == eval_pe and not training for training, pe, _ in seen) == 3 + 1  # 3 validations, 1 test
         assert (train_pe == eval_pe) == (protocol == "paper")
+        assert train_pe.method == "rope" if protocol == "code" else train_pe.method == "yarn"
+
+
+def test_posgen_train_code_protocol_yarn_row_shares_rope_training(tmp_path):
+    rope = finetune.run_posgen("recursive", "rope", 7, TINY_PRESET, "code", tmp_path, progress=False)
+    yarn = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path, progress=False)
+    dirs = {pe: finetune.run_dir(tmp_path, TINY_PRESET, "code", "recursive", pe, 7) for pe in ("rope", "yarn")}
+    assert (dirs["rope"] / "ckpt.pt").exists() and not (dirs["yarn"] / "ckpt.pt").exists()
+    assert (yarn["trained_as"], rope["trained_as"]) == ("rope", "rope")
+    assert yarn["train_s"] == 0 < rope["train_s"]
+    assert [h["loss"] for h in yarn["history"]] == [h["loss"] for h in rope["history"]]  # one training
+    log = json.loads((dirs["rope"] / "log.json").read_text())["epochs"]
+    assert [h["val_loss"] for h in yarn["history"]] == [h["val"]["yarn"]["val_loss"] for h in log]
+    # The YaRN row is the RoPE model tested with YaRN's table.
+    net, _ = finetune.load_posgen_checkpoint(dirs["rope"], "yarn")
+    assert net.config.pe == model.posgen_pes("yarn", "code", 16, 32)[1]
+    seqs = posgen.make_splits("recursive", 96, 16, 16, 16, 32, seed=7)["test"]
+    assert finetune.evaluate_posgen(net, seqs, TINY_PRESET)["ood_acc"] == yarn["ood_acc"]
+    with pytest.raises(ValueError, match=r"^pe must be one of the rows"):
+        finetune.load_posgen_checkpoint(dirs["rope"], "resonance_yarn")
+    # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
+    assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path,
+                               progress=False)["trained_as"] == "yarn"
 
 
 def test_posgen_train_resume_is_bit_identical(tmp_path):
@@ -639,8 +666,8 @@ def test_posgen_train_resume_is_bit_identical(tmp_path):
     drop = ("elapsed_s",)
     assert ([{k: v for k, v in h.items() if k not in drop} for h in straight["history"]]
             == [{k: v for k, v in h.items() if k not in drop} for h in resumed["history"]])
-    log = json.loads((finetune.run_dir(tmp_path / "b", TINY_PRESET, "code", "recursive", "yarn", 7)
-                      / "log.json").read_text())
+    log = json.loads((finetune.run_dir(tmp_path / "b", TINY_PRESET, "code", "recursive", "rope", 7)
+                      / "log.json").read_text())  # the code protocol trains the YaRN row as the RoPE run
     assert [h["epoch"] for h in log["epochs"]] == [1, 2, 3]
     # A run dir holding other settings is refused, not silently mixed.
     other = dataclasses.replace(TINY_PRESET, lr=1e-3)
