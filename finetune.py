@@ -404,7 +404,7 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", pr
     result_path = run_dir(runs_root, preset, protocol, task, pe, seed) / "result.json"
     if result_path.exists():
         result = json.loads(result_path.read_text())
-        if result["meta"] == json.loads(json.dumps(meta)):
+        if result["meta"] == json.loads(json.dumps(meta)) and "trained_as" in result:  # else: an older format
             return result
     trained_as = training_run_pe(pe, protocol)
     state = train_posgen(task, pe, seed, preset, protocol, runs_root, device, progress=progress)

@@ -648,6 +648,11 @@ def test_posgen_train_code_protocol_yarn_row_shares_rope_training(tmp_path):
     assert finetune.evaluate_posgen(net, seqs, TINY_PRESET)["ood_acc"] == yarn["ood_acc"]
     with pytest.raises(ValueError, match=r"^pe must be one of the rows"):
         finetune.load_posgen_checkpoint(dirs["rope"], "resonance_yarn")
+    # A result.json of an older format (no "trained_as") is not reused: the row is tested again.
+    old = {k: v for k, v in yarn.items() if k != "trained_as"}
+    (dirs["yarn"] / "result.json").write_text(json.dumps(old))
+    again = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path, progress=False)
+    assert again["trained_as"] == "rope" and again["ood_acc"] == yarn["ood_acc"]
     # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
     assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path,
                                progress=False)["trained_as"] == "yarn"
@@ -779,6 +784,17 @@ def test_table1_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_path, mo
     assert evaluate.main(["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs"), "--out",
                           str(out)]) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")} == before
+
+
+def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys):
+    out = tmp_path / "fig" / "fig1.png"
+    assert evaluate.main(["fig1", "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in capsys.readouterr().out
+    # The feature the figure shows: λ_6 ≈ 35.3 < L = 64, so Resonance closes its gap and RoPE does not.
+    rope, _ = resonance.scaled_inv_freq("rope", 64, 10000.0, 64)
+    res, _ = resonance.scaled_inv_freq("rope", 64, 10000.0, 64, resonance=True)
+    assert 2 * math.pi / rope[6].item() == pytest.approx(35.33, abs=0.01)
+    assert resonance.feature_gap(res, 64, 128)[6].item() == 0 < resonance.feature_gap(rope, 64, 128)[6].item()
 
 
 def test_table1_summary_variance_and_comparability():
