@@ -376,6 +376,12 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[mod
     if path.is_dir():
         path = path / "ckpt.pt"
     if not path.exists():
+        result = path.parent / "result.json"
+        r = json.loads(result.read_text()) if result.exists() else {}
+        # A row that shares another row's training run (code protocol, YaRN rows) has no checkpoint of its own.
+        if r.get("trained_as", r.get("pe")) != r.get("pe"):
+            raise FileNotFoundError(f"no checkpoint at {path}: the {r['pe']} row was trained as {r['trained_as']}; "
+                                    f"give that run's directory and --pe {r['pe']}")
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = torch.load(path, map_location="cpu", weights_only=True)
     meta = state["meta"]

@@ -653,6 +653,8 @@ def test_posgen_train_code_protocol_yarn_row_shares_rope_training(tmp_path):
     (dirs["yarn"] / "result.json").write_text(json.dumps(old))
     again = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path, progress=False)
     assert again["trained_as"] == "rope" and again["ood_acc"] == yarn["ood_acc"]
+    with pytest.raises(FileNotFoundError, match=r"the yarn row was trained as rope; give that run's directory"):
+        finetune.load_posgen_checkpoint(dirs["yarn"])
     # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
     assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path,
                                progress=False)["trained_as"] == "yarn"
