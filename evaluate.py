@@ -347,7 +347,7 @@ def format_table1(summary: dict, preset: str, protocol: str, n_seeds: int) -> st
 
 
 def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
-    """Figure 3: validation loss vs. epoch, the four PEs, one panel per subtask (first seed of each)."""
+    """Figure 3: validation loss vs. epoch, the four PEs, one panel per subtask (mean over the seeds)."""
     plt = _pyplot()
     tasks = [t for t in TABLE1_TASKS if any(r["task"] == t for r in runs)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
@@ -358,7 +358,10 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
             rs = [r for r in runs if r["task"] == task and r["pe"] == pe]
             if not rs:
                 continue
-            curve = [(h["epoch"], h["val_loss"]) for h in rs[0]["history"] if "val_loss" in h]
+            # Every seed validates on the same epochs: average them epoch by epoch.
+            epochs = [h["epoch"] for h in rs[0]["history"] if "val_loss" in h]
+            curve = [(e, float(np.mean([h["val_loss"] for r in rs for h in r["history"] if h["epoch"] == e
+                                        and "val_loss" in h]))) for e in epochs]
             losses += [v for _, v in curve]
             ax.plot(*zip(*curve, strict=True), marker="o", ms=3, label=name, color=f"C{color}",  # fixed per PE
                     linestyle="--" if pe.startswith("resonance") else "-")
@@ -406,7 +409,8 @@ def cmd_table1(args: argparse.Namespace) -> int:
     print(f"wall time: {wall:.0f} s this call; {runs_wall:.0f} s summed over the {len(runs)} rows "
           f"({n_trained} training runs + {len(runs)} tests, timed when first run); {torch.get_num_threads()} threads")
     fig_path = out.with_name(out.stem + "_fig3.png")
-    plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, {args.protocol} protocol")
+    plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, {args.protocol} protocol, "
+                              f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "preset": preset.name, "protocol": args.protocol, "seeds": seeds, "wall_s": wall, "runs_wall_s": runs_wall,
