@@ -358,10 +358,10 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
             rs = [r for r in runs if r["task"] == task and r["pe"] == pe]
             if not rs:
                 continue
-            # Every seed validates on the same epochs: average them epoch by epoch.
-            epochs = [h["epoch"] for h in rs[0]["history"] if "val_loss" in h]
-            curve = [(e, float(np.mean([h["val_loss"] for r in rs for h in r["history"] if h["epoch"] == e
-                                        and "val_loss" in h]))) for e in epochs]
+            # Every seed of a preset validates on the same epochs: average them epoch by epoch.
+            val = [[(h["epoch"], h["val_loss"]) for h in r["history"] if "val_loss" in h] for r in rs]
+            curve = list(zip([e for e, _ in val[0]], np.mean([[v for _, v in c] for c in val], axis=0).tolist(),
+                             strict=True))
             losses += [v for _, v in curve]
             ax.plot(*zip(*curve, strict=True), marker="o", ms=3, label=name, color=f"C{color}",  # fixed per PE
                     linestyle="--" if pe.startswith("resonance") else "-")
