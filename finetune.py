@@ -1,27 +1,31 @@
 """Training entry points for the Resonance RoPE reference.
 
-    python finetune.py posgen --task recursive --pe resonance_yarn --preset quick --seed 5549
+    python finetune.py posgen --task recursive --pe res_yarn --preset quick --seed 5549
     python finetune.py posgen --task cot --pe yarn --preset paper --protocol paper --seed 42 --device cuda
+    python finetune.py llama --pe res_yarn:2 --seq-len 2048 --train-tokens 65536 --out runs/llama/x
+    torchrun --nproc_per_node=4 finetune.py llama --pe yarn:4 --out runs/llama/yarn-s4        # DDP
+    torchrun --nproc_per_node=8 finetune.py llama --fsdp ...                                  # FSDP2, GPUs
 
-``posgen`` trains the tiny Transformer of Sec. 6.1.1 / App. C.1 on one PosGen subtask with one position
-encoding and one seed, under a preset (PRESETS) and a protocol (``model.posgen_pes``). A run lives in
+``posgen`` trains the tiny Transformer of Sec. 6.1.1 / App. C.1 on one PosGen subtask with one Table 1 row and
+one seed, under a preset (PRESETS) and a protocol (``posgen_pes``). A run lives in
 ``runs/posgen/<preset>-<protocol>/<task>/<pe>/seed<seed>/``: ``ckpt.pt`` (written atomically after every
-epoch; a killed run resumes from it and ends bit-identical to an uninterrupted one on CPU), ``log.json`` (every
-epoch's numbers) and, once trained and tested, ``result.json``.
+epoch; a killed run resumes from it and ends bit-identical to an uninterrupted one on CPU), ``log.json`` and,
+once tested, ``result.json``. ``llama`` fine-tunes a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2).
 
-Every subcommand is a function ``cmd_<name>(args)``; user mistakes become one line on stderr and exit 2.
+This module also holds what ``evaluate.py`` shares with it: the command-line helpers (every user mistake is one
+line on stderr and exit status 2), PosGen evaluation, atomic writes and the text documents.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import json
 import math
 import os
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,18 +44,146 @@ from torch.distributed.checkpoint.state_dict import (
 
 import model as model_lib
 import posgen
-import resonance
+from resonance import PE
+
+# ----------------------------------------------------------------------------------------------------------
+# Command lines (finetune.py and evaluate.py): argparse types that check a value when it is parsed, before
+# anything is loaded, and a main that turns every error into one line.
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], int | float]:
+    """An argparse type: an int or a float in [low, high]."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+        return value
+    return parse
+
+
+def device(name: str) -> torch.device:
+    """An argparse type: a device torch knows and this machine has."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps)") from None
+    module = getattr(torch, dev.type, None)
+    if dev.type != "cpu" and not (module is not None and module.is_available()):
+        raise argparse.ArgumentTypeError(f"device {name!r} is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def path_for(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written, or "" for none."""
+    def parse(text: str) -> str:
+        p = Path(text)
+        if text and p.exists() and p.is_dir() != (kind == "dir"):
+            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, "
+                                             f"a {kind} is needed here")
+        parent = next((q for q in p.absolute().parents if q.exists()), None)
+        if text and parent is not None and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
+        return text
+    return parse
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the subcommand's ``func``; a user mistake becomes one line on stderr, exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:  # bad values, missing or unreadable files
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse work that cannot fit in this machine's memory, saying so (instead of failing to allocate)."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > ram:
+        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
+                         f"{ram / 2**30:.3g} GiB")
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Write beside the target, then rename: a kill leaves either the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON file that must exist and parse; the error names it and what it should have been."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{Path(path).parent} is not {what} (no {Path(path).name})")
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+def fmt_s(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # PosGen (Sec. 6.1, App. C.1)
+
+PE_NAMES = ("rope", "res_rope", "yarn", "res_yarn")  # the rows of Table 1
+PROTOCOLS = ("code", "paper")
+
+
+def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
+    """The (training, evaluation) PEs of one Table 1 row under a protocol.
+
+    ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32 and Sec. 3.3's
+    ramp γ_j computed from L.
+    ``code`` (the authors' released harness): every row trains with the unscaled table (RoPE or Res. RoPE);
+    YaRN rows swap YaRN in for evaluation, computed as that code does: s = (L'+1)/(L+1) = 257/65, the
+    correction range computed with length L'+1 = 257 (where YaRN means the *original* length), β_fast = 2,
+    β_slow = 1 and the index ramp. The +1 is their start token. "res_" applies Alg. 1 last.
+    """
+    if pe not in PE_NAMES:
+        raise ValueError(f"pe must be one of {PE_NAMES}, got {pe!r}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not 0 < train_len < test_len:
+        raise ValueError(f"train_len and test_len must satisfy 0 < train_len < test_len, got {train_len}, "
+                         f"{test_len}")
+    res = pe.startswith("res_")
+    plain = PE("rope", resonance=res, original_len=train_len)
+    if not pe.endswith("yarn"):
+        return plain, plain
+    if protocol == "paper":
+        yarn = PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper")
+        return yarn, yarn
+    return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,15 +248,10 @@ def check_run_args(task: str, pe: str, preset: str | Preset, protocol: str) -> P
     """Validate names; return the Preset (a name is looked up in PRESETS)."""
     if task not in posgen.TASKS:
         raise ValueError(f"task must be one of {posgen.TASKS}, got {task!r}")
-    if pe not in model_lib.PE_NAMES:
-        raise ValueError(f"pe must be one of {model_lib.PE_NAMES}, got {pe!r}")
-    if protocol not in model_lib.PROTOCOLS:
-        raise ValueError(f"protocol must be one of {model_lib.PROTOCOLS}, got {protocol!r}")
-    if isinstance(preset, Preset):
-        return preset
-    if preset not in PRESETS:
+    posgen_pes(pe, protocol)
+    if not isinstance(preset, Preset) and preset not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
-    return PRESETS[preset]
+    return preset if isinstance(preset, Preset) else PRESETS[preset]
 
 
 def run_dir(root: str | Path, preset: Preset, protocol: str, task: str, pe: str, seed: int) -> Path:
@@ -135,29 +262,19 @@ def training_run_pe(pe: str, protocol: str) -> str:
     """The row whose training run ``pe`` uses. Under ``code`` a YaRN row trains exactly as its RoPE row (same
     unscaled table, data, seed and RNG; validation draws no random numbers), so the two rows share one
     training run — bit-identical weights — and differ only in the table they are validated and tested with."""
-    if protocol == "code" and pe.endswith("yarn"):
-        return pe.removesuffix("yarn") + "rope"
-    return pe
+    return pe.removesuffix("yarn") + "rope" if protocol == "code" and pe.endswith("yarn") else pe
 
 
-def _pes_sharing(pe: str, protocol: str) -> list[str]:
+def pes_sharing(pe: str, protocol: str) -> list[str]:
     """Every row trained by the training run of ``pe`` (its own row first)."""
     own = training_run_pe(pe, protocol)
-    return [own] + [p for p in model_lib.PE_NAMES if p != own and training_run_pe(p, protocol) == own]
-
-
-def tiny_config(preset: Preset, pe: model_lib.PEConfig) -> model_lib.TinyConfig:
-    """The model of a preset: vocabulary = modulus + one start token, tables for positions 0 … L'−1."""
-    return model_lib.TinyConfig(vocab_size=preset.modulus + 1, n_layer=preset.n_layer, d_model=preset.d_model,
-                                n_head=preset.n_head, d_ff=preset.d_ff, dropout=preset.dropout,
-                                max_len=preset.test_len, pe=pe)
+    return [own] + [p for p in PE_NAMES if p != own and training_run_pe(p, protocol) == own]
 
 
 def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing pairs for sequences x_0 … x_{T−1}: input [S, x_0, …, x_{T−2}] at positions 0 … T−1 and
     targets x_0 … x_{T−1}, with the first ``skip`` (= j+k, the given prefix) targets masked to -100."""
-    start = torch.full((seqs.shape[0], 1), start_token, dtype=seqs.dtype)
-    inputs = torch.cat((start, seqs[:, :-1]), dim=1)
+    inputs = torch.cat((torch.full((seqs.shape[0], 1), start_token, dtype=seqs.dtype), seqs[:, :-1]), dim=1)
     targets = seqs.clone()
     targets[:, :skip] = -100
     return inputs, targets
@@ -166,96 +283,49 @@ def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Ten
 def accuracy_summary(per_position: torch.Tensor, j: int, k: int, train_len: int) -> dict:
     """ID accuracy = mean over positions j+k … L−1, OOD accuracy = mean over L … T−1 (None if T ≤ L); every
     position has the same number of sequences, so a mean of per-position means is the pooled mean."""
-    T = per_position.numel()
-    per = per_position.double()
-    ood = per[train_len:].mean().item() if T > train_len else None
-    return {"id_acc": per[j + k:train_len].mean().item(), "ood_acc": ood,
-            "per_position": [None if i < j + k else per[i].item() for i in range(T)]}
+    per, T = per_position.double(), per_position.numel()
+    return {"id_acc": per[j + k:train_len].mean().item(), "ood_acc": per[train_len:].mean().item()
+            if T > train_len else None, "per_position": [None if i < j + k else per[i].item() for i in range(T)]}
 
 
-def posgen_accuracy(logits: torch.Tensor, seqs: torch.Tensor, j: int = 1, k: int = 3,
-                    train_len: int = 64) -> dict:
-    """Teacher-forced argmax accuracy, as the authors' harness: the prediction at position i is
-    argmax logits[:, i], compared with x_i. Positions < j+k (the given prefix) are not scored.
-
-    Args:
-        logits: (N, T, V) from inputs [S, x_0, …, x_{T−2}]. seqs: (N, T) tokens x_0 … x_{T−1}.
-        j, k: PosGen's constants. train_len: L (ID positions j+k … L−1, OOD positions L … T−1).
-    Returns:
-        {"id_acc", "ood_acc", "per_position"} as fractions; per_position[i] is None for i < j+k.
-    """
-    if logits.shape[:2] != seqs.shape:
-        raise ValueError(f"logits must have shape (N, T, V) matching seqs {tuple(seqs.shape)}, got "
-                         f"{tuple(logits.shape)}")
-    return accuracy_summary((logits.argmax(-1) == seqs).double().mean(0), j, k, train_len)
-
-
-def _autocast(device: torch.device):
+def _autocast(dev: torch.device):
     # bf16 where it is fast (CUDA); fp32 on CPU, where determinism and the authors' fp32 matter more.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
 @torch.no_grad()
 def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, preset: Preset,
                     device: torch.device | str = "cpu", batch_size: int = 100) -> dict:
-    """Teacher-forced loss and accuracy of ``net`` (with whatever table it holds) on (N, T) sequences.
-
-    Returns:
-        {"loss": mean cross-entropy over positions j+k … T−1, "id_acc", "ood_acc", "per_position"}.
-    """
-    device = torch.device(device)
-    seqs = torch.as_tensor(seqs)
-    was_training = net.training
+    """Teacher-forced loss and argmax accuracy of ``net`` (with whatever table it holds) on (N, T) sequences, as
+    the authors' harness: the prediction at position i is argmax logits[:, i], compared with x_i; positions
+    < j+k (the given prefix) are not scored. Returns {"loss", "id_acc", "ood_acc", "per_position"}."""
+    dev, seqs, was_training = torch.device(device), torch.as_tensor(seqs), net.training
     net.eval()
-    correct = torch.zeros(seqs.shape[1], dtype=torch.float64)
-    loss_sum, count = 0.0, 0
+    correct, loss_sum, count = torch.zeros(seqs.shape[1], dtype=torch.float64), 0.0, 0
     for i in range(0, seqs.shape[0], batch_size):
-        x, y = lm_batch(seqs[i:i + batch_size], preset.modulus, preset.j + preset.k)
-        x, y = x.to(device), y.to(device)
-        with _autocast(device):
-            logits, _ = net(x)
-        logits = logits.float()
-        mask = y != -100
-        loss_sum += F.cross_entropy(logits[mask], y[mask], reduction="sum").item()
-        count += int(mask.sum())
+        x, y = (t.to(dev) for t in lm_batch(seqs[i:i + batch_size], preset.modulus, preset.j + preset.k))
+        with _autocast(dev):
+            logits = net(x)[0].float()
+        loss_sum += F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum").item()
+        count += int((y != -100).sum())
         correct += (logits.argmax(-1) == y).sum(0).double().cpu()
     net.train(was_training)
-    out = accuracy_summary(correct / seqs.shape[0], preset.j, preset.k, preset.train_len)
-    return {"loss": loss_sum / count, **out}
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    # Write beside the target, then rename: a kill leaves either the old file or the new one, never half.
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    def write(p: str) -> None:
-        with open(p, "w") as f:
-            json.dump(obj, f, indent=1)
-    _atomic_write(path, write)
-
-
-def _fmt_s(seconds: float) -> str:
-    seconds = round(seconds)
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return {"loss": loss_sum / count, **accuracy_summary(correct / seqs.shape[0], preset.j, preset.k,
+                                                         preset.train_len)}
 
 
 def _run_meta(task: str, pe: str, seed: int, preset: Preset, protocol: str) -> dict:
     return {"task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": dataclasses.asdict(preset)}
 
 
-def build_posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, model_lib.PEConfig, model_lib.PEConfig]:
-    """The model of a run (tables of the training PE), and its (training, evaluation) PE configs."""
-    preset = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
-    train_pe, eval_pe = model_lib.posgen_pes(meta["pe"], meta["protocol"], preset.train_len, preset.test_len)
-    return model_lib.TinyTransformer(tiny_config(preset, train_pe)), train_pe, eval_pe
+def build_posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE, PE]:
+    """The model of a run (tables of the training PE: vocabulary = modulus + a start token, positions
+    0 … L'−1), and its (training, evaluation) PEs."""
+    p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
+    train_pe, eval_pe = posgen_pes(meta["pe"], meta["protocol"], p.train_len, p.test_len)
+    cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head,
+                               d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe)
+    return model_lib.TinyTransformer(cfg), train_pe, eval_pe
 
 
 def posgen_data(meta: dict) -> dict[str, np.ndarray]:
@@ -265,134 +335,134 @@ def posgen_data(meta: dict) -> dict[str, np.ndarray]:
                               p["j"], p["k"], p["modulus"], seed=meta["seed"])
 
 
+def _resume(path: Path, meta: dict, net: torch.nn.Module, opt, gen: torch.Generator, dev: torch.device) -> dict:
+    """The checkpoint's state loaded into ``net``, ``opt`` and the RNGs; a fresh state if there is none."""
+    if not path.exists():
+        return {"meta": meta, "epoch": 0, "elapsed_s": 0.0, "history": []}
+    state = load_checkpoint(path)
+    if state.get("meta") != meta:
+        raise ValueError(f"run dir {path.parent} holds a run with other settings; remove it or use another "
+                         "--runs-dir")
+    net.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["rng_data"])
+    torch.set_rng_state(state["rng_torch"])
+    if dev.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """A ``torch.save``d checkpoint, read with ``weights_only=True``; a file that is not one is named as such."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch each raise their own error types on a bad file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _validate(net, val_pes: dict[str, PE], train_pe: PE, seqs: np.ndarray, preset: Preset, dev) -> dict:
+    """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
+    out = {}
+    for name, table in val_pes.items():
+        net.set_pe(table)
+        v = evaluate_posgen(net, seqs, preset, dev)
+        out[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
+    net.set_pe(train_pe)
+    return out
+
+
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
                  runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None,
                  progress: bool = True) -> dict:
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
-    Loss: cross-entropy on every token after the given prefix (targets x_{j+k} … x_{L−1}). AdamW, one-cycle
-    cosine schedule (``one_cycle_lr``), batches drawn by a seeded generator whose state is checkpointed with
-    the model, optimizer, epoch and the dropout RNG. Validation on the L'-long split uses the *evaluation*
-    table of the protocol (``model.posgen_pes``): val loss, ID and OOD accuracy — for every row that shares
-    this training run (``training_run_pe``: under ``code`` the RoPE run also validates as the YaRN row).
-
-    Args:
-        stop_after: train at most this many epochs in this call (as if killed after them), then return.
-    Returns:
-        The checkpoint dict (meta, model state, history, epoch, elapsed_s, …); each history row holds
-        {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {pe: {"val_loss", "id_acc",
-        "ood_acc"}}.
+    Loss: cross-entropy on every token after the given prefix. AdamW (no decay on norm gains), the one-cycle
+    schedule of ``one_cycle_lr``, batches from a seeded generator checkpointed with the model, optimizer, epoch
+    and the dropout RNG. Each validation uses the *evaluation* table of every row that shares this training run
+    (``training_run_pe``). ``stop_after``: train at most this many epochs in this call (as if killed), then
+    return. Returns the checkpoint dict; each history row holds {"epoch", "loss", "lr", "elapsed_s"} and, on
+    validation epochs, "val": {row: {"val_loss", "id_acc", "ood_acc"}}.
     """
-    preset = check_run_args(task, pe, preset, protocol)
-    dev = torch.device(device)
-    sharing = _pes_sharing(pe, protocol)
-    pe = sharing[0]
-    meta = _run_meta(task, pe, seed, preset, protocol)
+    preset, dev = check_run_args(task, pe, preset, protocol), torch.device(device)
+    sharing = pes_sharing(pe, protocol)
+    pe, meta = sharing[0], _run_meta(task, sharing[0], seed, preset, protocol)
     out = run_dir(runs_root, preset, protocol, task, pe, seed)
-    ckpt_path = out / "ckpt.pt"
-
     torch.manual_seed(seed)
     net, train_pe, _ = build_posgen_model(meta)
-    val_pes = {p: model_lib.posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
+    val_pes = {p: posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
     net.to(dev)
-    decay = [p for p in net.parameters() if p.dim() >= 2]
-    no_decay = [p for p in net.parameters() if p.dim() < 2]  # RMSNorm gains: no weight decay
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": preset.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=preset.lr)
+    groups = [[p for p in net.parameters() if p.dim() >= 2], [p for p in net.parameters() if p.dim() < 2]]
+    opt = torch.optim.AdamW([{"params": groups[0], "weight_decay": preset.weight_decay},
+                             {"params": groups[1], "weight_decay": 0.0}], lr=preset.lr)
     gen = torch.Generator().manual_seed(seed)
-    state = {"meta": meta, "epoch": 0, "elapsed_s": 0.0, "history": []}
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["meta"] != meta:
-            raise ValueError(f"run dir {out} holds a run with other settings ({state['meta']}); remove it or "
-                             f"use another --runs-dir")
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["rng_data"])
-        torch.set_rng_state(state["rng_torch"])
-        if dev.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"])
-    if state["epoch"] >= preset.epochs:
+    state = _resume(out / "ckpt.pt", meta, net, opt, gen, dev)
+    data = posgen_data(meta) if state["epoch"] < preset.epochs else None
+    if data is None:
         return state
-
-    data = posgen_data(meta)
-    inputs, targets = lm_batch(torch.from_numpy(data["train"]), preset.modulus, preset.j + preset.k)
-    inputs, targets = inputs.to(dev), targets.to(dev)  # the whole training set is a few MB: move it once
-    n = inputs.shape[0]
-    steps_per_epoch = math.ceil(n / preset.batch_size)
-    total_steps = steps_per_epoch * preset.epochs
+    inputs, targets = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus,
+                                                   preset.j + preset.k))  # a few MB: moved once
+    steps, n = math.ceil(inputs.shape[0] / preset.batch_size), inputs.shape[0]
     fwd = torch.compile(net) if preset.compile and dev.type == "cuda" else net
-    out.mkdir(parents=True, exist_ok=True)
-    t_session, t_last, first_epoch = time.perf_counter(), time.perf_counter(), state["epoch"]
-    last_epoch = preset.epochs if stop_after is None else min(preset.epochs, first_epoch + stop_after)
-    for epoch in range(first_epoch, last_epoch):
+    t_call, first = time.perf_counter(), state["epoch"]
+    for epoch in range(first, preset.epochs if stop_after is None else min(preset.epochs, first + stop_after)):
+        t0, perm, loss_sum = time.perf_counter(), torch.randperm(n, generator=gen).to(dev), 0.0
         net.train()
-        perm = torch.randperm(n, generator=gen).to(dev)
-        loss_sum = torch.zeros((), device=dev)
-        for i in range(steps_per_epoch):
-            lr = one_cycle_lr(epoch * steps_per_epoch + i, total_steps, preset.lr, preset.pct_start)
+        for i in range(steps):
+            lr = one_cycle_lr(epoch * steps + i, steps * preset.epochs, preset.lr, preset.pct_start)
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = perm[i * preset.batch_size:(i + 1) * preset.batch_size]
-            x, y = inputs[idx], targets[idx]
             with _autocast(dev):
-                _, loss = fwd(x, y)
+                loss = fwd(inputs[idx], targets[idx])[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             loss_sum += loss.detach()
-        row = {"epoch": epoch + 1, "loss": loss_sum.item() / steps_per_epoch, "lr": lr}
+        row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": lr}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"] = {}
-            for name, table in val_pes.items():
-                net.set_pe(table)
-                val = evaluate_posgen(net, data["val"], preset, dev)
-                row["val"][name] = {"val_loss": val["loss"], "id_acc": val["id_acc"], "ood_acc": val["ood_acc"]}
-            net.set_pe(train_pe)
-        now = time.perf_counter()
-        row["elapsed_s"] = state["elapsed_s"] + now - t_last
-        t_last = now
+            row["val"] = _validate(net, val_pes, train_pe, data["val"], preset, dev)
+        row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
         state["history"].append(row)
-        state.update(
-            epoch=epoch + 1, elapsed_s=row["elapsed_s"], model=net.state_dict(), optimizer=opt.state_dict(),
-            rng_data=gen.get_state(), rng_torch=torch.get_rng_state(),
-            **({"rng_cuda": torch.cuda.get_rng_state()} if dev.type == "cuda" else {}))
-        _atomic_write(ckpt_path, lambda p, s=state: torch.save(s, p))
-        _write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
+        state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], model=net.state_dict(), optimizer=opt.state_dict(),
+                     rng_data=gen.get_state(), rng_torch=torch.get_rng_state(),
+                     **({"rng_cuda": torch.cuda.get_rng_state()} if dev.type == "cuda" else {}))
+        atomic_write(out / "ckpt.pt", lambda p, s=state: torch.save(s, p))
+        write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
         if progress:
-            eta = (now - t_session) / (epoch + 1 - first_epoch) * (preset.epochs - epoch - 1)
-            val_part = "".join(
-                f"  {'' if name == pe else name + ': '}val_loss {v['val_loss']:.3f}  id_acc {_pct(v['id_acc'])}  "
-                f"ood_acc {_pct(v['ood_acc'])}" for name, v in row.get("val", {}).items())
-            print(f"{task}/{pe}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val_part}  "
-                  f"elapsed {_fmt_s(row['elapsed_s'])}  eta {_fmt_s(eta)}", file=sys.stderr, flush=True)
+            eta = (time.perf_counter() - t_call) / (epoch + 1 - first) * (preset.epochs - epoch - 1)
+            val = "".join(f"  {name}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
+                          for name, v in row.get("val", {}).items())
+            print(f"{task}/{pe}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val}  "
+                  f"elapsed {fmt_s(row['elapsed_s'])}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
     return state
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[model_lib.TinyTransformer, dict]:
     """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
     own row; any row sharing the training run, ``training_run_pe``), and its checkpoint dict."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "ckpt.pt"
+    path = Path(path) / "ckpt.pt" if Path(path).is_dir() else Path(path)
     if not path.exists():
         result = path.parent / "result.json"
-        r = json.loads(result.read_text()) if result.exists() else {}
-        # A row that shares another row's training run (code protocol, YaRN rows) has no checkpoint of its own.
-        if r.get("trained_as", r.get("pe")) != r.get("pe"):
+        r = json.loads(result.read_text()) if result.is_file() else {}
+        if r.get("trained_as", r.get("pe")) != r.get("pe"):  # a YaRN row under `code`: no checkpoint of its own
             raise FileNotFoundError(f"no checkpoint at {path}: the {r['pe']} row was trained as {r['trained_as']}; "
                                     f"give that run's directory and --pe {r['pe']}")
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not {"meta", "model", "epoch"} <= state.keys():
+        raise ValueError(f"{path} is not a finetune.py posgen checkpoint")
     meta = state["meta"]
     pe = meta["pe"] if pe is None else pe
-    if pe not in _pes_sharing(meta["pe"], meta["protocol"]):
+    if pe not in pes_sharing(meta["pe"], meta["protocol"]):
         raise ValueError(f"pe must be one of the rows trained by this run, "
-                         f"{tuple(_pes_sharing(meta['pe'], meta['protocol']))}, got {pe!r}")
+                         f"{tuple(pes_sharing(meta['pe'], meta['protocol']))}, got {pe!r}")
     net, _, _ = build_posgen_model(meta)
     net.load_state_dict(state["model"])
-    p = meta["preset"]
-    net.set_pe(model_lib.posgen_pes(pe, meta["protocol"], p["train_len"], p["test_len"])[1])
+    net.set_pe(posgen_pes(pe, meta["protocol"], meta["preset"]["train_len"], meta["preset"]["test_len"])[1])
     return net.eval(), state
 
 
@@ -402,58 +472,48 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", pr
 
     A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed",
     "protocol", "preset", "id_acc", "ood_acc", "test_loss", "per_position", "trained_as", "train_s", "test_s",
-    "wall_s", "history"}. A row that shares another row's training (``training_run_pe``) has "trained_as" set
-    to that row and train_s = 0: the training time is counted once, on the row that owns it.
+    "wall_s", "history"}. A row that shares another row's training has "trained_as" set to that row and
+    train_s = 0: the training time is counted once, on the row that owns it.
     """
     preset = check_run_args(task, pe, preset, protocol)
     meta = _run_meta(task, pe, seed, preset, protocol)
     result_path = run_dir(runs_root, preset, protocol, task, pe, seed) / "result.json"
-    if result_path.exists():
+    if result_path.is_file():
         result = json.loads(result_path.read_text())
-        if result["meta"] == json.loads(json.dumps(meta)) and "trained_as" in result:  # else: an older format
+        if result.get("meta") == json.loads(json.dumps(meta)) and "trained_as" in result:  # else: older format
             return result
     trained_as = training_run_pe(pe, protocol)
     state = train_posgen(task, pe, seed, preset, protocol, runs_root, device, progress=progress)
     t0 = time.perf_counter()
     net, _ = load_posgen_checkpoint(run_dir(runs_root, preset, protocol, task, trained_as, seed), pe)
     test = evaluate_posgen(net.to(device), posgen_data(meta)["test"], preset, device)
-    test_s = time.perf_counter() - t0
-    train_s = state["elapsed_s"] if trained_as == pe else 0.0
+    test_s, train_s = time.perf_counter() - t0, state["elapsed_s"] if trained_as == pe else 0.0
     history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {}) for h in state["history"]]
     result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": preset.name,
               "id_acc": test["id_acc"], "ood_acc": test["ood_acc"], "test_loss": test["loss"],
               "per_position": test["per_position"], "trained_as": trained_as, "train_s": train_s,
               "test_s": test_s, "wall_s": train_s + test_s, "history": history}
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json(result_path, result)
+    write_json(result_path, result)
     return result
 
 
 def cmd_posgen(args: argparse.Namespace) -> int:
     r = run_posgen(args.task, args.pe, args.seed, args.preset, args.protocol, args.runs_dir, args.device)
     print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']}, {r['protocol']} protocol): "
-          f"ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  wall {_fmt_s(r['wall_s'])}")
+          f"ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  wall {fmt_s(r['wall_s'])}")
     return 0
 
 
-def add_posgen_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("posgen", help="train one PosGen run (Sec. 6.1) and test it")
-    p.add_argument("--task", required=True, help=f"one of {posgen.TASKS}")
-    p.add_argument("--pe", required=True, help=f"one of {model_lib.PE_NAMES}")
-    p.add_argument("--seed", type=int, default=5549)
-    p.add_argument("--preset", default="quick", help=f"one of {tuple(PRESETS)} (default quick)")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
-                   help=f"one of {model_lib.PROTOCOLS} (default {DEFAULT_PROTOCOL})")
-    p.add_argument("--runs-dir", default="runs", help="root of the run directories (default runs)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.set_defaults(func=cmd_posgen)
+def add_posgen_args(p: argparse.ArgumentParser) -> None:
+    """The arguments that name a PosGen run (shared with ``evaluate.py posgen`` and ``table1``)."""
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="default quick")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help=f"default {DEFAULT_PROTOCOL}")
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories")
+    p.add_argument("--device", default=default_device(), type=device)
 
 
-# ===== LLaMA fine-tuning (Sec. 6.2.1, App. C.2) =====
-#
-#     python finetune.py llama --pe resonance_yarn --factor 2 --seq-len 2048 --train-tokens 65536 --out runs/llama/x
-#     torchrun --nproc_per_node=4 finetune.py llama --pe yarn --factor 4 --out runs/llama/yarn-s4   # DDP
-#     torchrun --nproc_per_node=8 finetune.py llama --fsdp ...                                       # FSDP, GPUs
+# ----------------------------------------------------------------------------------------------------------
+# LLaMA fine-tuning (Sec. 6.2.1, App. C.2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -466,8 +526,7 @@ class LlamaRun:
     """
 
     model: str = "smollm2"          # HF directory, .gguf file, or a name of model.LLAMA_MODELS
-    pe: str = "resonance_yarn"      # a resonance.METHODS name, optionally prefixed "resonance_" (Alg. 1)
-    factor: float = 2.0             # s
+    pe: str = "res_yarn:2"          # [res_]METHOD[:FACTOR]
     original_len: int | None = None  # L; None: the checkpoint's own (8192 for SmolLM2)
     alpha: float = 1.0              # YaRN's α, β (App. C.2)
     beta: float = 32.0
@@ -484,21 +543,31 @@ class LlamaRun:
     seed: int = 0
     grad_checkpointing: bool = True
 
+    def pe_settings(self) -> PE:
+        return PE.parse(self.pe, original_len=self.original_len, alpha=self.alpha, beta=self.beta)
 
-def llama_pe(pe: str, factor: float, original_len: int | None = None, alpha: float = 1.0,
-             beta: float = 32.0) -> dict:
-    """``load_llama`` keyword arguments for a PE name such as "yarn" or "resonance_yarn" and a factor s.
 
-    Raises ValueError for an unknown name or a bad s, L, α, β (checked by ``model.RopeSettings``)."""
-    method = pe.removeprefix("resonance_")
-    if method not in resonance.METHODS:
-        raise ValueError(f"pe must be one of {resonance.METHODS}, optionally prefixed 'resonance_', got {pe!r}")
-    kw = {"method": method, "factor": float(factor), "resonance": pe.startswith("resonance_"),
-          "original_max_position_embeddings": original_len}
-    if method == "yarn":
-        kw.update(alpha=float(alpha), beta=float(beta))
-    model_lib.RopeSettings(**kw)  # validates now, before minutes of loading
-    return kw
+def stdlib_documents(n: int | None = None) -> list[tuple[str, str]]:
+    """The ``n`` largest modules of Python's standard library (by bytes, then name) as (name, text): long code
+    documents that exist on every machine, in the spirit of Proof-pile / GitHub long-context sets."""
+    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"), key=lambda p: (-p.stat().st_size, p.name))
+    return [(p.name, p.read_text(encoding="utf-8")) for p in files[:n]]
+
+
+def read_documents(paths: list[str]) -> list[tuple[str, str]]:
+    """Documents from .txt files (one each) or .jsonl files (one per line, its ``text`` field): (name, text)."""
+    docs = []
+    for path in map(Path, paths):
+        if path.suffix not in (".txt", ".jsonl") or not path.is_file():
+            raise ValueError(f"--text takes existing .txt or .jsonl files, got {path}")
+        lines = path.read_text(encoding="utf-8").splitlines() if path.suffix == ".jsonl" else []
+        for i, line in enumerate(lines):
+            record = json.loads(line) if line.strip() else {"text": None}
+            if not isinstance(record, dict) or "text" not in record:
+                raise ValueError(f"{path} line {i + 1} has no 'text' field")
+            docs += [(f"{path.name}:{i + 1}", record["text"])] if record["text"] is not None else []
+        docs += [(path.name, path.read_text(encoding="utf-8"))] if path.suffix == ".txt" else []
+    return docs
 
 
 def pack_sequences(docs: list[list[int]], seq_len: int, sep: int | None) -> torch.Tensor:
@@ -519,9 +588,7 @@ def llama_data(texts: list[str], tokenizer, seq_len: int, heldout_docs: int, hel
 
     The documents are shuffled with ``seed``; the first ``heldout_docs`` of at least ``heldout_min_tokens``
     tokens are held out (long enough to score at L'), all others are packed into (N, seq_len) training sequences.
-
-    Returns:
-        (training sequences (N, seq_len), held-out texts).
+    Returns (training sequences (N, seq_len), held-out texts).
     """
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     ids = [enc.ids for enc in tokenizer.encode_batch([texts[i] for i in order], add_special_tokens=False)]
@@ -540,12 +607,10 @@ def batch_indices(step: int, batch_size: int, n_seqs: int, seed: int) -> torch.T
     """Indices of the ``batch_size`` training sequences of optimiser step ``step``: a pure function of the step,
     so the data position of a run is its step count. Epoch e visits the N sequences in the order of a
     permutation seeded by (seed, e); a batch may straddle two epochs."""
-    first = step * batch_size
-    out = []
+    first, out = step * batch_size, []
     for e in range(first // n_seqs, (first + batch_size - 1) // n_seqs + 1):
         perm = torch.randperm(n_seqs, generator=torch.Generator().manual_seed(seed * 100_003 + e))
-        lo, hi = max(first - e * n_seqs, 0), min(first + batch_size - e * n_seqs, n_seqs)
-        out.append(perm[lo:hi])
+        out.append(perm[max(first - e * n_seqs, 0):min(first + batch_size - e * n_seqs, n_seqs)])
     return torch.cat(out)
 
 
@@ -568,12 +633,10 @@ class CausalLMLoss(torch.nn.Module):
         self.net, self.chunk, self.checkpoint = net, chunk, checkpoint
 
     def _nll_sum(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = self.net.lm_head(h).float()
-        return F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
+        return F.cross_entropy(self.net.lm_head(h).float().transpose(1, 2), target, reduction="sum")
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h = self.net.hidden_states(input_ids)[:, :-1]
-        target = input_ids[:, 1:]
+        h, target = self.net.hidden_states(input_ids)[:, :-1], input_ids[:, 1:]
         total = h.new_zeros((), dtype=torch.float32)
         for i in range(0, target.shape[1], self.chunk):
             args = (h[:, i:i + self.chunk], target[:, i:i + self.chunk])
@@ -583,61 +646,35 @@ class CausalLMLoss(torch.nn.Module):
 
 
 def checkpoint_blocks(net: torch.nn.Module) -> None:
-    """Gradient checkpointing: each decoder block's activations are recomputed in the backward pass.
-
-    Done by wrapping the block's bound ``forward`` on the instance, so parameter names (and thus state dicts,
-    DDP and FSDP) are unchanged."""
+    """Gradient checkpointing: each decoder block's activations are recomputed in the backward pass. Done by
+    wrapping the block's bound ``forward`` on the instance, so parameter names (and state dicts) are unchanged."""
     for block in net.layers:
         block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
 
 
-def _dist_env() -> tuple[int, int, int]:
-    """(rank, local rank, world size) as set by torchrun; (0, 0, 1) in a plain process."""
-    return (int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
-            int(os.environ.get("WORLD_SIZE", 1)))
-
-
-def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fsdp: bool = False,
-                   save_every: int = 20, stop_after: int | None = None, progress: bool = True) -> dict:
-    """Fine-tune a LLaMA whose PE is replaced by ``run.pe`` with factor s (Sec. 6.2.1, App. C.2); resumable.
-
-    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (``fully_shard`` of
-    every block, then of the whole model; CUDA only). Rank r of R takes the r-th of R equal slices of each global
-    batch, so a step's gradient is the same mean as in one process.
-
-    ``out`` receives ``ckpt.pt`` (model, optimiser, scheduler, step = data position, RNG; written atomically
-    every ``save_every`` steps and at the end), ``log.json`` (every step), ``heldout.jsonl`` (the held-out
-    documents, ``{"text": …}`` per line, for ``evaluate.py perplexity --text``) and, once done, ``model/``: an HF
-    directory (``model.save_llama``) that ``load_llama`` reads back with this PE. A run whose ``ckpt.pt`` exists
-    resumes from it and, on CPU, ends bit-identical to an uninterrupted run.
-
-    Args:
-        device: "cpu", "cuda", …; None: cuda:LOCAL_RANK when CUDA is available, else CPU.
-        stop_after: run at most this many steps in this call (as if killed after them), checkpoint, return.
-    Returns:
-        The log: {"run", "steps", "world_size", "history": [{"step", "loss", "lr", "tokens", "tok_s",
-        "elapsed_s"}, …], "done"}.
-    """
-    pe = llama_pe(run.pe, run.factor, run.original_len, run.alpha, run.beta)
+def check_llama_run(run: LlamaRun, world: int = 1, fsdp: bool = False) -> PE:
+    """The run's PE, after checking every setting that needs no loading."""
     for name in ("train_tokens", "batch_size", "micro_batch", "heldout_docs"):
         if getattr(run, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
-    if not 0 <= run.warmup <= 1:
-        raise ValueError(f"warmup must be in [0, 1], got {run.warmup}")
-    rank, local_rank, world = _dist_env()
+    if not 0 <= run.warmup <= 1 or (run.seq_len is not None and run.seq_len < 2):
+        raise ValueError(f"warmup must be in [0, 1] and seq_len >= 2, got {run.warmup}, {run.seq_len}")
     if run.batch_size % (run.micro_batch * world):
         raise ValueError(f"batch_size ({run.batch_size}) must be a multiple of micro_batch × processes "
                          f"({run.micro_batch} × {world})")
     if fsdp and not torch.cuda.is_available():
         raise ValueError("--fsdp shards the model over GPUs (torchrun on CUDA devices); none is available, "
                          "run without --fsdp for DDP or one process")
-    dev = torch.device(device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
-    out = Path(out)
-    ckpt_path, model_dir = out / "ckpt.pt", out / "model"
+    if run.text is not None:
+        read_documents([run.text])
+    return run.pe_settings()
 
-    net = model_lib.load_llama(run.model, **pe)
-    tokenizer = model_lib.load_tokenizer(run.model)
-    target_len = math.ceil(run.factor * net.train_len) if pe["method"] != "rope" else net.train_len  # L'
+
+def _llama_setup(run: LlamaRun, pe: PE) -> tuple[model_lib.Llama, object, torch.Tensor, list[str], dict]:
+    """The model with the run's PE, its tokenizer, the packed training sequences, the held-out texts, and the
+    log's header (steps, seq_len, target_len = L' = s·L, original_len = L)."""
+    net, tokenizer = model_lib.load_llama(run.model, pe), model_lib.load_tokenizer(run.model)
+    target_len = math.ceil(pe.factor * net.train_len)
     seq_len = run.seq_len or target_len
     if not 2 <= seq_len <= target_len:
         raise ValueError(f"seq_len must be in [2, s·L = {target_len}], got {seq_len}")
@@ -645,273 +682,201 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
     if steps < 1:
         raise ValueError(f"train_tokens must be >= batch_size × seq_len = {run.batch_size * seq_len} (one step), "
                          f"got {run.train_tokens}")
-    train, heldout = llama_data(_llama_texts(run.text), tokenizer, seq_len, run.heldout_docs,
-                                run.heldout_min_tokens or target_len, run.seed)
+    texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents())]
+    train, heldout = llama_data(texts, tokenizer, seq_len, run.heldout_docs, run.heldout_min_tokens or target_len,
+                                run.seed)
+    log = {"run": dataclasses.asdict(run), "steps": steps, "seq_len": seq_len, "target_len": target_len,
+           "original_len": net.train_len, "history": [], "done": False}
+    return net, tokenizer, train, heldout, log
 
+
+def _distribute(net: model_lib.Llama, run: LlamaRun, dev: torch.device, world: int, fsdp: bool) -> torch.nn.Module:
+    """The loss module the training loop calls: plain, DDP-wrapped, or FSDP2-sharded (nanoGPT's few lines)."""
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    torch.manual_seed(run.seed)
     net.to(dev).train()
     if run.grad_checkpointing:
         checkpoint_blocks(net)
     lm = CausalLMLoss(net, checkpoint=run.grad_checkpointing)
-    if fsdp:
+    if fsdp:  # shard every block, then the root group (embeddings, final norm, head)
         from torch.distributed.fsdp import fully_shard
         for block in net.layers:
             fully_shard(block)
-        fully_shard(lm)  # the root group: embeddings, final norm and (tied) head
-    elif world > 1:
-        lm = torch.nn.parallel.DistributedDataParallel(lm, device_ids=[dev.index] if dev.type == "cuda" else None)
+        return fully_shard(lm)
+    if world > 1:
+        return torch.nn.parallel.DistributedDataParallel(lm, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return lm
+
+
+# Full (unsharded) state dicts keyed by parameter name: the same checkpoint serves 1 process, DDP and FSDP.
+_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _llama_resume(path: Path, meta: dict, net, opt, sched, dev: torch.device) -> tuple[int, float, list]:
+    """(step, elapsed seconds, history) of the checkpoint at ``path``, loaded into net/opt/sched; (0, 0, [])."""
+    if not path.exists():
+        return 0, 0.0, []
+    state = load_checkpoint(path)
+    if state.get("meta") != meta:
+        raise ValueError(f"{path.parent} holds a run with other settings; remove it or use another --out")
+    set_model_state_dict(net, state["model"], options=_FULL_STATE)
+    set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL_STATE)
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    if dev.type == "cuda" and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"], dev)
+    return state["step"], state["elapsed_s"], state["history"]
+
+
+def _llama_save(path: Path, meta: dict, net, opt, sched, dev, step: int, log: dict, rank: int) -> None:
+    model_sd = get_model_state_dict(net, options=_FULL_STATE)  # collectives under FSDP: every rank gathers
+    opt_sd = get_optimizer_state_dict(net, opt, options=_FULL_STATE)
+    if rank == 0:
+        state = {"meta": meta, "step": step, "elapsed_s": log["history"][-1]["elapsed_s"],
+                 "history": log["history"], "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+                 "rng_torch": torch.get_rng_state(),
+                 **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})}
+        atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, ...], dev: torch.device,
+                fsdp: bool, world: int) -> tuple[float, float]:
+    """One optimiser step over this rank's micro-batches of sequence indices: (mean loss, learning rate)."""
+    loss_sum = torch.zeros((), device=dev)
+    for k, mb in enumerate(micro):
+        if fsdp:  # reduce gradients once per step, not per micro-batch
+            lm.set_requires_gradient_sync(k == len(micro) - 1)
+        elif world > 1:
+            lm.require_backward_grad_sync = k == len(micro) - 1  # DDP, as nanoGPT
+        with _autocast(dev):
+            loss = lm(train[mb].to(dev)) / len(micro)
+        loss.backward()
+        loss_sum += loss.detach()
+    lr = sched.get_last_lr()[0]
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    if world > 1:  # the mean loss over ranks, for the log
+        torch.distributed.all_reduce(loss_sum)
+    return loss_sum.item() / world, lr
+
+
+def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fsdp: bool = False,
+                   save_every: int = 20, stop_after: int | None = None, progress: bool = True) -> dict:
+    """Fine-tune a LLaMA whose PE is replaced by ``run.pe`` (Sec. 6.2.1, App. C.2); resumable.
+
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (CUDA only). Rank r of
+    R takes the r-th of R equal slices of each global batch, so a step's gradient is the same mean as in one
+    process. ``out`` receives ``ckpt.pt`` (model, optimiser, scheduler, step = data position, RNG; atomic, every
+    ``save_every`` steps and at the end), ``log.json`` (every step), ``heldout.jsonl`` (the held-out documents,
+    for ``evaluate.py perplexity --text``) and, once done, ``model/``: an HF directory (``model.save_llama``). A
+    run whose ``ckpt.pt`` exists resumes from it and, on CPU, ends bit-identical to an uninterrupted run.
+    ``stop_after``: run at most this many steps in this call (as if killed after them). Returns the log.
+    """
+    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0),
+                                                                       ("WORLD_SIZE", 1)))  # set by torchrun
+    pe, out, meta = check_llama_run(run, world, fsdp), Path(out), dataclasses.asdict(run)
+    dev = torch.device(device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    net, tokenizer, train, heldout, log = _llama_setup(run, pe)
+    torch.manual_seed(run.seed)
+    lm = _distribute(net, run, dev, world, fsdp)
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=run.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(max(1, math.ceil(run.warmup * steps))))
-
-    # Full (unsharded) state dicts keyed by parameter name: the same checkpoint serves 1 process, DDP and FSDP.
-    sd_opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    meta = dataclasses.asdict(run)
-    log = {"run": meta, "steps": steps, "seq_len": seq_len, "target_len": target_len,
-           "original_len": net.train_len, "world_size": world,
-           "history": [], "done": False}
-    step, elapsed = 0, 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if state["meta"] != meta:
-            raise ValueError(f"{out} holds a run with other settings ({state['meta']}); remove it or use another "
-                             f"--out")
-        set_model_state_dict(net, state["model"], options=sd_opts)
-        set_optimizer_state_dict(net, opt, state["optimizer"], options=sd_opts)
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        if dev.type == "cuda" and "rng_cuda" in state:
-            torch.cuda.set_rng_state(state["rng_cuda"], dev)
-        step, elapsed, log["history"] = state["step"], state["elapsed_s"], state["history"]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(max(1, math.ceil(run.warmup * log["steps"]))))
+    step, elapsed, log["history"] = _llama_resume(out / "ckpt.pt", meta, net, opt, sched, dev)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "heldout.jsonl",
-                      lambda p: Path(p).write_text("".join(json.dumps({"text": t}) + "\n" for t in heldout)))
-
-    per_rank = run.batch_size // world
-    last = steps if stop_after is None else min(steps, step + stop_after)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    t_call, first = time.perf_counter(), step
-    while step < last:
+        atomic_write(out / "heldout.jsonl", lambda p: Path(p).write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in heldout)))
+    per_rank, t_call, first = run.batch_size // world, time.perf_counter(), step
+    tokens = run.batch_size * log["seq_len"]
+    while step < (log["steps"] if stop_after is None else min(log["steps"], step + stop_after)):
         t0 = time.perf_counter()
         idx = batch_indices(step, run.batch_size, train.shape[0], run.seed)[rank * per_rank:(rank + 1) * per_rank]
-        micro = idx.split(run.micro_batch)
-        loss_sum = torch.zeros((), device=dev)
-        for k, mb in enumerate(micro):
-            sync = k == len(micro) - 1  # reduce gradients once per step, not per micro-batch
-            if fsdp:
-                lm.set_requires_gradient_sync(sync)
-            ctx = lm.no_sync() if world > 1 and not fsdp and not sync else contextlib.nullcontext()
-            with ctx:
-                with autocast:
-                    loss = lm(train[mb].to(dev)) / len(micro)
-                loss.backward()
-            loss_sum += loss.detach()
-        lr = sched.get_last_lr()[0]
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if world > 1:
-            torch.distributed.all_reduce(loss_sum)
-            loss_sum /= world
-        step += 1
-        now = time.perf_counter()
-        elapsed += now - t0
-        tokens = run.batch_size * seq_len
-        log["history"].append({"step": step, "loss": loss_sum.item(), "lr": lr, "tokens": step * tokens,
-                               "tok_s": tokens / (now - t0), "elapsed_s": elapsed})
-        if step % save_every == 0 or step == last:
-            # collectives under FSDP: every rank gathers, rank 0 writes
-            model_sd = get_model_state_dict(net, options=sd_opts)
-            opt_sd = get_optimizer_state_dict(net, opt, options=sd_opts)
-            if rank == 0:
-                state = {"meta": meta, "step": step, "elapsed_s": elapsed, "history": log["history"],
-                         "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-                         "rng_torch": torch.get_rng_state(),
-                         **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})}
-                _atomic_write(ckpt_path, lambda p, s=state: torch.save(s, p))
+        loss, lr = _llama_step(lm, opt, sched, train, idx.split(run.micro_batch), dev, fsdp, world)
+        step, elapsed = step + 1, elapsed + time.perf_counter() - t0
+        log["history"].append({"step": step, "loss": loss, "lr": lr, "tokens": step * tokens,
+                               "tok_s": tokens / (time.perf_counter() - t0), "elapsed_s": elapsed})
+        if step % save_every == 0 or step == log["steps"]:
+            _llama_save(out / "ckpt.pt", meta, net, opt, sched, dev, step, log, rank)
         if rank == 0:
-            _write_json(out / "log.json", log)
-            if progress:
-                eta = (now - t_call) / (step - first) * (steps - step)
-                print(f"step {step}/{steps}  loss {loss_sum.item():.3f}  tok/s {tokens / (now - t0):.0f}  "
-                      f"elapsed {_fmt_s(elapsed)}  eta {_fmt_s(eta)}", file=sys.stderr, flush=True)
-    if step == steps:
-        full = get_model_state_dict(net, options=sd_opts)
+            write_json(out / "log.json", log)
+        if rank == 0 and progress:
+            eta = (time.perf_counter() - t_call) / (step - first) * (log["steps"] - step)
+            print(f"step {step}/{log['steps']}  loss {loss:.3f}  tok/s {log['history'][-1]['tok_s']:.0f}  "
+                  f"elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
+    if step == log["steps"]:
+        full = get_model_state_dict(net, options=_FULL_STATE)  # a collective under FSDP
         log["done"] = True
         if rank == 0:
             final = model_lib.Llama(net.config, net.pe)  # a plain CPU copy: no DDP/FSDP wrapping, no hooks
             final.load_state_dict(full)
-            model_lib.save_llama(final, model_dir, tokenizer)
-            _write_json(out / "log.json", log)
+            model_lib.save_llama(final, out / "model", tokenizer)
+            write_json(out / "log.json", log)
     if world > 1:
         torch.distributed.barrier()
     return log
 
 
-def _llama_texts(text: str | None) -> list[str]:
-    """The documents ``evaluate.py perplexity`` reads: None → every top-level module of Python's standard library
-    (largest first); a .txt (one document) or .jsonl (a "text" field per line, as PG19) file."""
-    import evaluate  # here, not at the top: evaluate.py imports this module
-
-    if text is None:
-        return [doc for _, doc in evaluate.stdlib_documents(10**9)]
-    if not Path(text).is_file():
-        raise FileNotFoundError(f"no such text file or directory: {text}")
-    return [doc for _, doc in evaluate.read_documents([text])]
-
-
-def compare_llama_runs(run_dirs: list[str | Path], lengths: list[int], out: str | Path,
-                       png: str | Path | None = None) -> dict:
-    """Perplexity on each run's held-out text before and after fine-tuning (Sec. 6.2.2), by ``evaluate.py
-    perplexity`` in truncate mode (one window per document): the base model with the run's PE swapped in, then
-    the fine-tuned directory. L is passed explicitly, since a fine-tuned directory's max_position_embeddings is
-    L' = s·L. Writes ``perplexity_{before,after}.json`` into each run directory, the summary to ``out`` and,
-    when given, a plot (solid: after, dashed: before) to ``png``.
-    """
-    import evaluate  # here, not at the top: evaluate.py imports this module
-
-    runs = []
-    for d in map(Path, run_dirs):
-        if not (d / "log.json").is_file():
-            raise FileNotFoundError(f"{d} is not a finetune.py llama run directory (no log.json)")
-        log = json.loads((d / "log.json").read_text())
-        if not log["done"]:
-            raise ValueError(f"{d} has not finished training ({len(log['history'])} of {log['steps']} steps)")
-        r = log["run"]
-        spec = f"{'res_' if r['pe'].startswith('resonance_') else ''}{r['pe'].removeprefix('resonance_')}:" \
-               f"{r['factor']:g}"
-        common = ["--pe", spec, "--original-length", str(log["original_len"]), "--alpha", str(r["alpha"]),
-                  "--beta", str(r["beta"]), "--text", str(d / "heldout.jsonl"), "--truncate", "--png", "",
-                  "--lengths", *map(str, lengths)]
-        row = {"dir": str(d), "pe": r["pe"], "factor": r["factor"], "seq_len": log["seq_len"],
-               "target_len": log["target_len"], "original_len": log["original_len"], "steps": log["steps"],
-               "train_tokens": log["steps"] * r["batch_size"] * log["seq_len"], "lr": r["lr"], "seed": r["seed"],
-               "loss_first": log["history"][0]["loss"], "loss_last": log["history"][-1]["loss"],
-               "train_s": log["history"][-1]["elapsed_s"]}
-        for when, model in (("before", r["model"]), ("after", str(d / "model"))):
-            path = d / f"perplexity_{when}.json"
-            if evaluate.main(["perplexity", "--model", model, *common, "--out", str(path)]) != 0:
-                raise ValueError(f"evaluate.py perplexity failed on {model}")
-            report = json.loads(path.read_text())
-            row["label"] = report["results"][spec]["label"]
-            row[when] = {int(n): p for n, p in report["results"][spec]["perplexity"].items()}
-            row["documents"] = report["documents"]
-        runs.append(row)
-        print(f"{row['label']:<22} " + "  ".join(f"{n}: {row['before'][n]:.3f} → {row['after'][n]:.3f}"
-                                                 for n in sorted(row["after"])), flush=True)
-    summary = {"lengths": sorted(lengths), "mode": "truncate", "runs": runs}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    _write_json(Path(out), summary)
-    if png:
-        plt = evaluate._pyplot()
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, row in enumerate(runs):
-            xs = sorted(row["after"])
-            for when, style in (("before", "--"), ("after", "-")):
-                ax.plot(xs, [row[when][n] for n in xs], style, marker="o", color=f"C{i}",
-                        label=f"{row['label']}, {'no FT' if when == 'before' else 'FT@' + str(row['seq_len'])}")
-        ax.axvline(runs[0]["original_len"], color="grey", linestyle=":", linewidth=1)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("context length (tokens); dotted: L")
-        ax.set_ylabel("perplexity (held-out text)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(png, dpi=120)
-        plt.close(fig)
-    return summary
-
-
-def cmd_llama_compare(args: argparse.Namespace) -> int:
-    compare_llama_runs(args.runs, args.lengths, args.out, args.png or None)
-    return 0
-
-
-def add_llama_compare_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("llama-compare", help="perplexity of finished llama runs on their held-out text, before "
-                                             "and after fine-tuning (Sec. 6.2.2)")
-    p.add_argument("runs", nargs="+", help="run directories of finetune.py llama")
-    p.add_argument("--lengths", nargs="+", type=int, default=[2048, 4096, 8192, 16384])
-    p.add_argument("--out", default="results/finetune_smollm2.json")
-    p.add_argument("--png", default="results/finetune_smollm2.png", help="plot path ('' for none)")
-    p.set_defaults(func=cmd_llama_compare)
-
-
 def cmd_llama(args: argparse.Namespace) -> int:
-    fields = {f.name for f in dataclasses.fields(LlamaRun)}
-    run = LlamaRun(**{k: v for k, v in vars(args).items() if k in fields})
-    out = args.out or Path("runs") / "llama" / f"{run.pe}-s{run.factor:g}"
+    run = LlamaRun(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LlamaRun)})
+    out = args.out or Path("runs") / "llama" / run.pe.replace(":", "-s")
     log = finetune_llama(run, out, device=args.device, fsdp=args.fsdp, save_every=args.save_every)
     if int(os.environ.get("RANK", 0)) == 0:
         last = log["history"][-1] if log["history"] else {}
-        print(f"{run.pe} s={run.factor:g}: {log['steps']} steps of {run.batch_size} × {log['seq_len']} tokens, "
-              f"final loss {last.get('loss', float('nan')):.3f}, wall {_fmt_s(last.get('elapsed_s', 0.0))}; "
-              f"model in {Path(out) / 'model'}, held-out text in {Path(out) / 'heldout.jsonl'}")
+        print(f"{run.pe}: {log['steps']} steps of {run.batch_size} × {log['seq_len']} tokens, final loss "
+              f"{last.get('loss', math.nan):.3f}, wall {fmt_s(last.get('elapsed_s', 0.0))}; model in "
+              f"{Path(out) / 'model'}, held-out text in {Path(out) / 'heldout.jsonl'}")
     return 0
 
 
-def add_llama_parser(sub: argparse._SubParsersAction) -> None:
-    d = LlamaRun()
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="finetune.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("posgen", help="train one PosGen run (Sec. 6.1) and test it")
+    p.add_argument("--task", required=True, choices=posgen.TASKS)
+    p.add_argument("--pe", required=True, choices=PE_NAMES)
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=5549)
+    add_posgen_args(p)
+    p.set_defaults(func=cmd_posgen)
+
+    d, count = LlamaRun(), number(int, 1)
     p = sub.add_parser("llama", help="fine-tune a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2); resumable; "
                                      "data-parallel under torchrun")
     p.add_argument("--model", default=d.model, help="HF directory, .gguf file or 'smollm2' (default)")
-    p.add_argument("--pe", default=d.pe, help=f"one of {resonance.METHODS}, optionally prefixed 'resonance_' "
-                                              f"(default {d.pe})")
-    p.add_argument("--factor", type=float, default=d.factor, help=f"s (default {d.factor:g})")
-    p.add_argument("--original-len", type=int, default=None, help="L (default: the checkpoint's context length)")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="YaRN's α (default 1)")
-    p.add_argument("--beta", type=float, default=d.beta, help="YaRN's β (default 32)")
-    p.add_argument("--seq-len", type=int, default=None, help="training length (default: the target s·L)")
-    p.add_argument("--train-tokens", type=int, default=d.train_tokens,
+    p.add_argument("--pe", default=d.pe, type=lambda s: str(PE.parse(s)), help=f"[res_]METHOD[:FACTOR] (default {d.pe})")
+    p.add_argument("--original-len", type=count, help="L (default: the checkpoint's context length)")
+    p.add_argument("--alpha", type=number(float, 0), default=d.alpha, help="YaRN's α (default 1)")
+    p.add_argument("--beta", type=number(float, 0), default=d.beta, help="YaRN's β (default 32)")
+    p.add_argument("--seq-len", type=number(int, 2), help="training length (default: the target s·L)")
+    p.add_argument("--train-tokens", type=count, default=d.train_tokens,
                    help=f"token budget; steps = train_tokens // (batch_size · seq_len) (default {d.train_tokens})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
+    p.add_argument("--batch-size", type=count, default=d.batch_size,
                    help=f"sequences per optimiser step over all processes (default {d.batch_size})")
-    p.add_argument("--micro-batch", type=int, default=d.micro_batch,
+    p.add_argument("--micro-batch", type=count, default=d.micro_batch,
                    help="sequences per forward pass; the rest is gradient accumulation (default 1)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup", type=float, default=d.warmup, help="warm-up share of the steps (default 0.05)")
-    p.add_argument("--text", default=None,
-                   help="training text: .txt or .jsonl (a 'text' field per line, as PG19) (default: Python's "
-                        "standard library)")
-    p.add_argument("--heldout-docs", type=int, default=d.heldout_docs,
+    p.add_argument("--lr", type=number(float, 0), default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
+    p.add_argument("--weight-decay", type=number(float, 0), default=d.weight_decay)
+    p.add_argument("--warmup", type=number(float, 0, 1), default=d.warmup, help="warm-up share (default 0.05)")
+    p.add_argument("--text", help="training text: .txt or .jsonl (a 'text' field per line, as PG19) (default: "
+                                  "Python's standard library)")
+    p.add_argument("--heldout-docs", type=count, default=d.heldout_docs,
                    help=f"documents held out of training for evaluation (default {d.heldout_docs})")
-    p.add_argument("--heldout-min-tokens", type=int, default=None,
-                   help="minimum length of a held-out document (default: the target s·L)")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--heldout-min-tokens", type=count, help="minimum length of a held-out document (default s·L)")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=d.seed)
     p.add_argument("--no-grad-checkpointing", dest="grad_checkpointing", action="store_false")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (torchrun on GPUs)")
-    p.add_argument("--save-every", type=int, default=20, help="checkpoint every this many steps (default 20)")
-    p.add_argument("--out", default=None, help="run directory (default runs/llama/<pe>-s<factor>)")
-    p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
+    p.add_argument("--save-every", type=count, default=20, help="checkpoint every this many steps (default 20)")
+    p.add_argument("--out", type=path_for("dir"), help="run directory (default runs/llama/<pe>)")
+    p.add_argument("--device", type=device, help="default: cuda:LOCAL_RANK when available, else cpu")
     p.set_defaults(func=cmd_llama)
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="finetune.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    add_posgen_parser(sub)
-    add_llama_parser(sub)
-    add_llama_compare_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"finetune.py {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ previous ones).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -66,34 +67,22 @@ def dependencies(task: str, l: int, j: int = 1, k: int = 3) -> tuple[int, ...]:
     return tuple(_positions(task, l, j, k))
 
 
-def generate(
-    task: str,
-    prefix: np.ndarray,
-    length: int,
-    j: int = 1,
-    k: int = 3,
-    modulus: int = 17,
-    h: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
+def generate(task: str, prefix: np.ndarray, length: int, j: int = 1, k: int = 3, modulus: int = 17,
+             h: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Extend each row of ``prefix`` to ``length`` tokens with the PosGen rule of ``task``.
 
     Args:
-        task: "recursive", "cot" or "semirecursive" (Section 5):
-            recursive:      x_l = h(x_{l-(j+k)}, …, x_{l-1})
-            CoT:            x_l = h(x_0, …, x_{j-1}, x_{l-k}, …, x_{l-1})
-            semi-recursive: x_l = h(x_p, …, x_{p+j-1}, x_{l-k}, …, x_{l-1}),  p = ⌊(l-(j+k))/2⌋.
-            The paper's typeset semi-recursive indices, ⌊l-(j+k)/2⌋-j … ⌊l-(j+k)/2⌋-1, are ambiguous:
-            taken as written they overlap the local tokens (x_{l-3} for j=1, k=3), read as
-            ⌊(l-(j+k))/2⌋-j they are negative at l = j+k. p here is the rule of the authors' released
-            generator, whose far pointer starts at 0 and advances by one every two generated tokens.
+        task: "recursive", "cot" or "semirecursive", the rules of Section 5 (``RULES``). The paper's typeset
+            semi-recursive indices, ⌊l-(j+k)/2⌋-j … ⌊l-(j+k)/2⌋-1, are ambiguous: as written they overlap the
+            local tokens (x_{l-3} for j=1, k=3), read as ⌊(l-(j+k))/2⌋-j they are negative at l = j+k. Our p is
+            the authors' generator's: a far pointer from 0 that advances by one every two generated tokens.
         prefix: (n, w) integers in [0, modulus), the first w ≥ j+k tokens of each sequence (normally
             w = j+k); a wider prefix continues a sequence from position w.
         length: total tokens per sequence, > w.
         j, k: the paper's difficulty constants (j far tokens, k local tokens), each ≥ 1.
         modulus: vocabulary size |V|; tokens are 0 … modulus-1.
-        h: V^{j+k} → V applied row-wise: takes an (n, j+k) integer array of the dependencies in the order
-            above and returns n integers in [0, modulus). Default: (Σ_i x_i) mod modulus (Section 6.1.1).
-
+        h: V^{j+k} → V applied row-wise: takes an (n, j+k) integer array of the dependencies (in the order of
+            ``dependencies``) and returns n integers in [0, modulus). Default: (Σ_i x_i) mod modulus (Sec. 6.1.1).
     Returns:
         (n, length) int64 array whose first w columns are ``prefix``.
     """
@@ -108,8 +97,13 @@ def generate(
     n, w = prefix.shape
     if length <= w:
         raise ValueError(f"length must be > prefix width {w} (j+k = {j + k}), got {length}")
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if 8 * n * length > ram:  # refuse, rather than fail to allocate
+        raise ValueError(f"length {length} × {n} sequences need {8 * n * length / 2**30:.3g} GiB, more than this "
+                         f"machine's {ram / 2**30:.3g} GiB")
     if h is None:
-        return _generate_mod_sum(task, prefix, length, j, k, modulus)
+        def h(deps: np.ndarray) -> np.ndarray:  # Sec. 6.1.1: modular addition
+            return deps.sum(axis=1) % modulus
 
     # Position-major buffer: x[l] is one contiguous row over all sequences, so each step reads and writes
     # contiguous memory (about 4x faster than slicing columns of an (n, length) array).
@@ -127,29 +121,6 @@ def generate(
     if n and (x[w:].min() < 0 or x[w:].max() >= modulus):
         raise ValueError(f"h must return values in [0, {modulus}), got [{x[w:].min()}, {x[w:].max()}]")
     return np.ascontiguousarray(x.T)
-
-
-def _generate_mod_sum(task: str, prefix: np.ndarray, length: int, j: int, k: int, modulus: int) -> np.ndarray:
-    """``generate`` with the default h = (Σ x_i) mod modulus, about 3x faster than calling h per step."""
-    n, w = prefix.shape
-    top = (j + k) * (modulus - 1)  # the largest sum of j+k tokens
-    # The narrowest dtype that holds every sum (uint8 for the paper's mod 17) moves the least memory.
-    dtype = np.min_scalar_type(top)
-    # A lookup table turns the per-token integer division of `%` into a gather, when the table is small.
-    table = (np.arange(top + 1) % modulus).astype(dtype) if top < 2**16 else None
-    x = np.empty((length, n), dtype=dtype)  # position-major: each step touches contiguous rows
-    x[:w] = prefix.T
-    s = np.empty(n, dtype=dtype)
-    for l in range(w, length):
-        first, second, *rest = _positions(task, l, j, k)
-        np.add(x[first], x[second], out=s)
-        for q in rest:
-            s += x[q]
-        if table is None:
-            np.remainder(s, modulus, out=x[l])
-        else:
-            np.take(table, s, out=x[l], mode="clip")  # "clip": sums are in range, and it skips a buffer
-    return np.ascontiguousarray(x.T, dtype=np.int64)
 
 
 def _sample_prefixes(rng: np.random.Generator, count: int, width: int, modulus: int) -> np.ndarray:
@@ -175,18 +146,8 @@ def _sample_prefixes(rng: np.random.Generator, count: int, width: int, modulus: 
         rows = np.concatenate([rows[keep], rng.integers(0, modulus, size=(count - keep.size, width))])
 
 
-def make_splits(
-    task: str,
-    n_train: int = 10000,
-    n_val: int = 1000,
-    n_test: int = 1000,
-    train_len: int = 64,
-    test_len: int = 256,
-    j: int = 1,
-    k: int = 3,
-    modulus: int = 17,
-    seed: int = 0,
-) -> dict[str, np.ndarray]:
+def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, train_len: int = 64,
+                test_len: int = 256, j: int = 1, k: int = 3, modulus: int = 17, seed: int = 0) -> dict[str, np.ndarray]:
     """Train/validation/test sequences of Section 6.1.1 and Appendix C.1.
 
     The first j+k tokens of all n_train+n_val+n_test sequences are drawn without replacement from the
