@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import random
 import re
@@ -194,25 +193,20 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     """Test one trained run: ID / OOD / per-position teacher-forced accuracy on its test split."""
     if args.checkpoint is None and (args.task is None or args.pe is None):
         raise ValueError("give --checkpoint, or --task and --pe (with --preset, --protocol, --seed)")
-    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.check_run_args(args.task, args.pe, args.preset,
-                                                                          args.protocol),
-                                         args.protocol, args.task, ft.training_run_pe(args.pe, args.protocol),
-                                         args.seed)
+    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.PRESETS[args.preset], args.protocol, args.task,
+                                         ft.training_run_pe(args.pe, args.protocol), args.seed)
     net, state = ft.load_posgen_checkpoint(path, args.pe)
-    meta = state["meta"]
-    preset = ft.Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
-    if state["epoch"] < preset.epochs:
-        print(f"note: the run is unfinished (epoch {state['epoch']}/{preset.epochs})", file=sys.stderr)
-    r = ft.evaluate_posgen(net, ft.posgen_data(meta)["test"], preset)
-    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({preset.name} preset, {meta['protocol']} "
-          f"protocol, trained as {meta['pe']}, epoch {state['epoch']}); evaluated with {net.config.pe}")
-    print(f"test loss {r['loss']:.4f}   ID acc (positions {preset.j + preset.k}-{preset.train_len - 1}) "
-          f"{100 * r['id_acc']:.2f}%   OOD acc (positions {preset.train_len}-{preset.test_len - 1}) "
-          f"{100 * r['ood_acc']:.2f}%\naccuracy (%) per position:")
-    per = r["per_position"]
-    for start in range(0, len(per), 16):
-        cells = " ".join("   -" if a is None else f"{100 * a:4.0f}" for a in per[start:start + 16])
-        print(f"{start:>4}-{min(start + 15, len(per) - 1):<4} {cells}")
+    meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
+    if state["epoch"] < p.epochs:
+        print(f"note: the run is unfinished (epoch {state['epoch']}/{p.epochs})", file=sys.stderr)
+    r = ft.evaluate_posgen(net, ft.posgen_run(meta)[3]["test"], p)
+    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, {meta['protocol']} protocol, "
+          f"trained as {meta['pe']}, epoch {state['epoch']}); evaluated with {net.config.pe}\ntest loss "
+          f"{r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) {100 * r['id_acc']:.2f}%   OOD acc "
+          f"(positions {p.train_len}-{p.test_len - 1}) {100 * r['ood_acc']:.2f}%\naccuracy (%) per position:")
+    for start in range(0, len(r["per_position"]), 16):
+        cells = " ".join("   -" if a is None else f"{100 * a:4.0f}" for a in r["per_position"][start:start + 16])
+        print(f"{start:>4}-{min(start + 15, len(r['per_position']) - 1):<4} {cells}")
     if args.json:
         ft.write_json(args.json, {"meta": meta, "epoch": state["epoch"], **r})
     return 0
@@ -220,87 +214,63 @@ def cmd_posgen(args: argparse.Namespace) -> int:
 
 def table1_summary(runs: list[dict]) -> dict:
     """Per (task, PE): OOD and ID accuracy in %, mean and population variance over seeds, and whether the
-    cell is comparable (mean ID accuracy ≥ 95%: the model learned the rule, so its OOD number measures the PE).
-    """
+    cell is comparable (mean ID accuracy ≥ 95%: the model learned the rule, so its OOD number measures the PE)."""
     out: dict = {}
     for task, pe in dict.fromkeys((r["task"], r["pe"]) for r in runs):
-        ood, acc_id = (np.array([100 * r[k] for r in runs if (r["task"], r["pe"]) == (task, pe)])
-                       for k in ("ood_acc", "id_acc"))
+        ood, acc = (np.array([100 * r[k] for r in runs if (r["task"], r["pe"]) == (task, pe)])
+                    for k in ("ood_acc", "id_acc"))
         out.setdefault(task, {})[pe] = {"n": len(ood), "ood_mean": float(ood.mean()), "ood_var": float(ood.var()),
-                                        "id_mean": float(acc_id.mean()), "id_var": float(acc_id.var()),
-                                        "comparable": bool(acc_id.mean() >= 100 * ft.LEARNED_ID_ACC)}
+                                        "id_mean": float(acc.mean()), "id_var": float(acc.var()),
+                                        "comparable": bool(acc.mean() >= 100 * ft.LEARNED_ID_ACC)}
     return out
-def format_table1(summary: dict, preset: str, protocol: str, n_seeds: int) -> str:
-    """Table 1 as text: per task, our OOD accuracy (mean ± variance), the paper's, and our ID accuracy.
 
-    A star marks the better OOD of each pair (PE vs. its Resonance version), ours where both cells are
-    comparable, the paper's as its bold. "n/c": not comparable, the model did not learn the rule (ID < 95%).
-    """
+
+def format_table1(summary: dict, title: str) -> str:
+    """Table 1 as a Markdown table: per task, our OOD accuracy (mean ± variance over seeds, or "n/c" where the
+    model did not learn the rule, ID < 95 %), our ID accuracy, and the paper's OOD accuracy."""
     tasks = [t for t in TABLE1_TASKS if t in summary]
-    lines = [f"Table 1, preset {preset}, {protocol} protocol, {n_seeds} seed(s): OOD accuracy (%) at positions "
-             f"L..L'-1, mean ± variance over seeds; the paper's beside ours; ID accuracy (%) beside that"]
-    head1 = f"{'':<10}" + "".join(f" | {TABLE1_TASKS[t]:<30}" for t in tasks)
-    head2 = f"{'Setting':<10}" + "".join(f" | {'OOD ours':<14} {'paper':<7} {'ID':>6}" for _ in tasks)
-    lines += [head1, head2, "-" * len(head2)]
-    pairs = {"rope": "res_rope", "res_rope": "rope", "yarn": "res_yarn", "res_yarn": "yarn"}
+    lines = [title, "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper" for t in tasks) + " |",
+             "|---" * (1 + 2 * len(tasks)) + "|"]
     for pe, name in TABLE1_PES.items():
         cells = []
         for t in tasks:
             c = summary[t].get(pe)
-            paper_mean = PAPER_TABLE1[t][pe][0]
-            paper_star = "*" if paper_mean >= PAPER_TABLE1[t][pairs[pe]][0] else " "
-            paper = f"{paper_mean:5.2f}{paper_star}"
-            if c is None:
-                cells.append(f" | {'(not run)':<14} {paper:<7} {'':>6}")
-                continue
-            other = summary[t].get(pairs[pe])
-            star = " "
-            if c["comparable"] and other is not None and other["comparable"] and c["ood_mean"] >= other["ood_mean"]:
-                star = "*"
-            var = f"{c['ood_var']:.2f}" if c["n"] > 1 else "n/a"
-            ours = f"{c['ood_mean']:6.2f}±{var}{star}" if c["comparable"] else "n/c"
-            cells.append(f" | {ours:<14} {paper:<7} {c['id_mean']:6.2f}")
-        lines.append(f"{name:<10}" + "".join(cells))
-    missing = [TABLE1_TASKS[t] for t in tasks if not all(c["comparable"] for c in summary[t].values())]
-    if missing:
-        lines.append(f"n/c = not comparable: ID accuracy < {100 * ft.LEARNED_ID_ACC:.0f}%, the model did not "
-                     f"learn the rule ({', '.join(missing)}); no ordering is claimed from those cells.")
-    lines.append("* = better of the pair (PE vs. its Resonance version); paper: its bold.")
-    return "\n".join(lines)
+            ours = "not run" if c is None else f"{c['ood_mean']:.2f} ± {c['ood_var']:.2f}" if c["comparable"] else "n/c"
+            cells += [ours + ("" if c is None else f" ({c['id_mean']:.2f})"), f"{PAPER_TABLE1[t][pe][0]:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, f"n/c = not comparable: ID accuracy < {100 * ft.LEARNED_ID_ACC:.0f}%, the rule was not "
+                              "learned, so no ordering is claimed from that cell."])
 
 
 def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
-    """Figure 3: validation loss vs. epoch, the four PEs, one panel per subtask (mean over the seeds)."""
-    plt = _pyplot()
-    tasks = [t for t in TABLE1_TASKS if any(r["task"] == t for r in runs)]
+    """Figure 3: validation loss vs. epoch, the four PEs, one panel per subtask (mean over the seeds, which all
+    validate on the same epochs)."""
+    plt, summary = _pyplot(), table1_summary(runs)
+    tasks = [t for t in TABLE1_TASKS if t in summary]
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
-    summary = table1_summary(runs)
     for ax, task in zip(axes[0], tasks, strict=True):
-        losses = []
         for color, (pe, name) in enumerate(TABLE1_PES.items()):
-            rs = [r for r in runs if r["task"] == task and r["pe"] == pe]
-            if not rs:
-                continue
-            # Every seed of a preset validates on the same epochs: average them epoch by epoch.
-            val = [[(h["epoch"], h["val_loss"]) for h in r["history"] if "val_loss" in h] for r in rs]
-            curve = list(zip([e for e, _ in val[0]], np.mean([[v for _, v in c] for c in val], axis=0).tolist(),
-                             strict=True))
-            losses += [v for _, v in curve]
-            ax.plot(*zip(*curve, strict=True), marker="o", ms=3, label=name, color=f"C{color}",  # fixed per PE
-                    linestyle="--" if pe.startswith("res_") else "-")
+            val = [[(h["epoch"], h["val_loss"]) for h in r["history"] if "val_loss" in h] for r in runs
+                   if (r["task"], r["pe"]) == (task, pe)]
+            if val:
+                ax.plot([e for e, _ in val[0]], np.mean([[v for _, v in c] for c in val], axis=0), marker="o", ms=3,
+                        label=name, color=f"C{color}", linestyle="--" if pe.startswith("res_") else "-")
         learned = all(c["comparable"] for c in summary[task].values())
         ax.set_title(TABLE1_TASKS[task] + ("" if learned else " (rule not learned: ID < 95%)"), fontsize=10)
-        ax.set_xlabel("epoch")
-        if losses and max(losses) > 10 * min(losses):  # log where losses span a decade; flat ones read better linear
-            ax.set_yscale("log")
+        losses = [y for line in ax.get_lines() for y in line.get_ydata()]
+        ax.set(xlabel="epoch", yscale="log" if max(losses) > 10 * min(losses) else "linear")  # log past a decade
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation loss (L' = 256)")
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def cmd_table1(args: argparse.Namespace) -> int:
@@ -310,18 +280,17 @@ def cmd_table1(args: argparse.Namespace) -> int:
     combos = [(t, pe, s) for t in TABLE1_TASKS if t in (args.tasks or TABLE1_TASKS)
               for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES) for s in seeds]
     t0, runs = time.perf_counter(), []
-    for i, (task, pe, seed) in enumerate(combos, 1):
-        elapsed = time.perf_counter() - t0
-        print(f"[{i}/{len(combos)}] {task} {pe} seed {seed}  (elapsed {ft.fmt_s(elapsed)}, eta "
-              f"{ft.fmt_s(elapsed / (i - 1) * (len(combos) - i + 1) if i > 1 else math.nan)})", file=sys.stderr)
+    for i, (task, pe, seed) in enumerate(combos):
+        ft.progress(f"[{i + 1}/{len(combos)}] {task} {pe} seed {seed}", i, len(combos), time.perf_counter() - t0)
         r = ft.run_posgen(task, pe, seed, preset, args.protocol, args.runs_dir, args.device)
         runs.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "wall_s", "trained_as", "train_s",
                                        "test_s", "history")} | {"learned": r["id_acc"] >= ft.LEARNED_ID_ACC})
-    wall, summary = time.perf_counter() - t0, table1_summary(runs)
-    print(format_table1(summary, preset.name, args.protocol, len(seeds)))
-    runs_wall, n_trained = sum(r["wall_s"] for r in runs), sum(r["trained_as"] == r["pe"] for r in runs)
+    wall, summary, runs_wall = time.perf_counter() - t0, table1_summary(runs), sum(r["wall_s"] for r in runs)
+    print(format_table1(summary, f"Table 1, preset {preset.name}, {args.protocol} protocol, {len(seeds)} seed(s): "
+                                 "OOD accuracy (%) at positions L..L'-1 (ID accuracy), mean ± variance over seeds"))
     print(f"wall time: {wall:.0f} s this call; {runs_wall:.0f} s summed over the {len(runs)} rows "
-          f"({n_trained} training runs + {len(runs)} tests, timed when first run); {torch.get_num_threads()} threads")
+          f"({sum(r['trained_as'] == r['pe'] for r in runs)} training runs + {len(runs)} tests, timed when first run)"
+          f"; {torch.get_num_threads()} threads")
     fig_path = out.with_name(out.stem + "_fig3.png")
     plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, {args.protocol} protocol, "
                               f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
@@ -357,13 +326,11 @@ def cmd_fig1(args: argparse.Namespace) -> int:
         ax.set_title(f"{name}: angle m·θ_{j} mod 2π\nλ_{j} = {lam:.2f}, feature gap h = {gap:.3f}", fontsize=10)
     axes[0].legend(loc="lower center", bbox_to_anchor=(1.1, -0.22), ncol=2, fontsize=8)
     fig.suptitle(f"Figure 1: d = {dim}, b = {base:g}, L = {L}, L' = {L2}", fontsize=10)
-    fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    print(f"wrote {out}")
+    _save(fig, args.out)
+    print(f"wrote {args.out}")
     return 0
+
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,25 +339,6 @@ def cmd_fig1(args: argparse.Namespace) -> int:
 
 LLAMA_DEFAULT_PES = ("rope", "ntk:2", "dynamic_ntk", "yarn:2", "yarn:4", "res_yarn:2", "res_yarn:4")
 PASSKEY_DEFAULT_PES = ("rope", "yarn:2", "res_yarn:2")
-
-
-class Progress:
-    """Progress lines on stderr with elapsed time and an ETA; work is counted in estimated cost units."""
-
-    def __init__(self, what: str, total: float):
-        self.what, self.total, self.done, self.t0 = what, total, 0.0, time.perf_counter()
-
-    def step(self, cost: float, message: str) -> None:
-        self.done += cost
-        elapsed = time.perf_counter() - self.t0
-        eta = elapsed * (self.total - self.done) / self.done if self.done else math.nan
-        print(f"[{self.what}] {message} | elapsed {ft.fmt_s(elapsed)} | eta {ft.fmt_s(eta)}", file=sys.stderr,
-              flush=True)
-
-
-def _forward_cost(T: int) -> float:
-    # Projections grow with T, attention with T²; on SmolLM2 the two are about equal near T = 4K.
-    return T * (1 + T / 4096)
 
 
 def window_nlls(llama: model_lib.Llama, ids: torch.Tensor, length: int, stride: int | None) -> list[torch.Tensor]:
@@ -413,94 +361,78 @@ def window_nlls(llama: model_lib.Llama, ids: torch.Tensor, length: int, stride: 
 
 def perplexity(llama: model_lib.Llama, docs: list[tuple[str, list[int]]], pes: dict[str, PE], lengths: list[int],
                stride: int | None, device: torch.device) -> dict:
-    """Perplexity exp(mean window NLL) per PE and context length, and per document. ``stride=None`` is truncate
-    mode: a causal model's first N outputs do not depend on later tokens, so one forward over the longest window
-    scores every shorter truncation too (only Dynamic NTK's table depends on the length it is run at)."""
-    def plan(pe: PE) -> list[int]:
-        return lengths if stride or pe.method == "dynamic_ntk" else [lengths[-1]]
-
-    def cost(n_tokens: int, n: int) -> float:
-        return _forward_cost(n) if stride is None else \
-            _forward_cost(min(n, n_tokens)) * max(1, math.ceil((n_tokens - n) / stride) + 1)
-
-    progress = Progress("perplexity", sum(cost(len(ids), n) for pe in pes.values() for _, ids in docs for n in plan(pe)))
-    results = {}
+    """Perplexity exp(mean window NLL) per PE and context length, overall and per document (``window_nlls``)."""
+    t0, results, done, total = time.perf_counter(), {}, 0, len(pes) * len(docs) * sum(lengths)
     for spec, pe in pes.items():
         llama.set_pe(pe)
-        window_means, per_doc = ({n: [] for n in lengths} for _ in range(2))
+        window_means, per_doc = {n: [] for n in lengths}, {n: [] for n in lengths}
         for i, (name, ids) in enumerate(docs):
-            for run_len in plan(pe):
-                t0 = time.perf_counter()
+            for n in lengths:
                 with torch.no_grad():
-                    nlls = window_nlls(llama, torch.tensor(ids, device=device), run_len, stride)
-                one_pass = stride is None and len(plan(pe)) == 1  # the longest window scores every length
-                windows = {n: [nlls[0][:n - 1]] for n in lengths} if one_pass else {run_len: nlls}
-                for n, ws in windows.items():
-                    means = [float(w.double().mean()) for w in ws]
-                    window_means[n] += means
-                    per_doc[n].append(math.exp(sum(means) / len(means)))
-                progress.step(cost(len(ids), run_len), f"{spec} doc {i + 1}/{len(docs)} ({name}) at {run_len}: "
-                              f"{time.perf_counter() - t0:.1f} s, ppl {per_doc[run_len][-1]:.3f}")
+                    means = [float(w.double().mean()) for w in window_nlls(llama, torch.tensor(ids, device=device),
+                                                                          n, stride)]
+                window_means[n] += means
+                per_doc[n].append(math.exp(sum(means) / len(means)))
+                done += n  # work counted in tokens
+                ft.progress(f"[perplexity] {spec} doc {i + 1}/{len(docs)} ({name}) at {n}: ppl {per_doc[n][-1]:.3f}",
+                            done, total, time.perf_counter() - t0)
         ppl = {str(n): math.exp(sum(v) / len(v)) for n, v in window_means.items()}
         results[spec] = {"label": pe.label(), "pe": str(pe), "settings": dataclasses.asdict(pe), "perplexity": ppl,
                          "per_document": {str(n): v for n, v in per_doc.items()}}
         print(f"{spec:<14} " + "  ".join(f"{n}: {p:.3f}" for n, p in ppl.items()), flush=True)
-    return {"seconds": round(time.perf_counter() - progress.t0, 1), "results": results}
+    return {"seconds": round(time.perf_counter() - t0, 1), "results": results}
 
 
-def _llama_pes(args: argparse.Namespace) -> dict[str, PE]:
+def _llama(args: argparse.Namespace, max_len: int) -> tuple[model_lib.Llama, dict[str, PE]]:
+    """The model of ``--model`` in ``--dtype`` on ``--device`` (after refusing a length that cannot fit), and the
+    PEs of ``--pe`` with the shared YaRN / L options."""
     fields = {"original_len": args.original_length, "alpha": args.alpha, "beta": args.beta, "ramp": args.ramp}
-    return {spec: PE.parse(spec, **fields) for spec in args.pe}
+    pes = {spec: PE.parse(spec, **fields) for spec in args.pe}
+    ft.check_memory(max_len * 4096 * 4, f"a {max_len}-token forward")  # one layer's activations: a lower bound
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    return model_lib.load_llama(args.model, dtype=dtype).to(args.device), pes
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    pes, lengths = _llama_pes(args), sorted(set(args.lengths))
+    """Perplexity vs length; on CPU each document's first N tokens (``--truncate``), else YaRN's sliding window."""
+    lengths = sorted(set(args.lengths))
     stride = None if args.truncate or (args.stride is None and args.device.type == "cpu") else (args.stride or 256)
     docs = ft.read_documents(args.text) if args.text else ft.stdlib_documents(args.stdlib_modules)
     tokenizer = model_lib.load_tokenizer(args.model)
-    encoded = [(name, tokenizer.encode(text).ids) for name, text in docs]
-    # Truncate mode needs every document to fill the longest window, as YaRN keeps documents ≥ that many tokens.
-    keep = [(name, ids) for name, ids in encoded if stride or len(ids) >= lengths[-1]][:args.samples]
+    # truncate mode needs every document to fill the longest window, as YaRN keeps documents ≥ that many tokens
+    keep = [(name, ids) for name, ids in ((n, tokenizer.encode(t).ids) for n, t in docs)
+            if stride or len(ids) >= lengths[-1]][:args.samples]
     if not keep:
         raise ValueError(f"no document has >= {lengths[-1]} tokens (the longest --lengths) for truncate mode")
-    llama = _load_for_eval(args, max(len(ids) for _, ids in keep) if stride else lengths[-1])
-    report = perplexity(llama, keep, pes, lengths, stride, args.device)
-    ft.write_json(args.out, {
-        "settings": {k: str(v) for k, v in vars(args).items() if k != "func"}, "model": args.model,
-        "mode": f"sliding window, stride {stride}" if stride else "truncate", "lengths": lengths,
-        "trained_context": llama.train_len, "dtype": args.dtype, "device": str(args.device),
-        "documents": [{"name": name, "tokens": len(ids)} for name, ids in keep], "python": sys.version.split()[0],
-        "torch": torch.__version__, **report})
+    llama, pes = _llama(args, lengths[-1])
+    report = {"settings": {k: str(v) for k, v in vars(args).items() if k != "func"}, "model": args.model,
+              "mode": f"sliding window, stride {stride}" if stride else "truncate", "lengths": lengths,
+              "trained_context": llama.train_len, "documents": [{"name": n, "tokens": len(i)} for n, i in keep],
+              "torch": torch.__version__, **perplexity(llama, keep, pes, lengths, stride, args.device)}
+    ft.write_json(args.out, report)
     if args.png:
-        plot_perplexity(json.loads(Path(args.out).read_text()), args.png)
+        curves = {r["label"]: ({int(n): p for n, p in r["perplexity"].items()}, r["settings"]["resonance"])
+                  for r in report["results"].values()}
+        plot_lengths(curves, llama.train_len, "perplexity", f"{args.model}, no fine-tuning: {len(keep)} documents, "
+                     f"{report['mode']}", args.png)
     return 0
 
 
-def _load_for_eval(args: argparse.Namespace, max_len: int) -> model_lib.Llama:
-    """The model of ``--model`` in ``--dtype`` on ``--device``, after refusing a length that cannot fit."""
-    ft.check_memory(max_len * 4096 * 4, f"a {max_len}-token forward")  # activations alone, a lower bound
-    return model_lib.load_llama(args.model, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16}[
-        args.dtype]).to(args.device)
-
-
-def plot_perplexity(report: dict, path: str) -> None:
-    """Fig. 4's layout: perplexity vs context length, one line per PE, the trained context marked."""
+def plot_lengths(curves: dict[str, tuple[dict[int, float], bool]], train_len: int, ylabel: str, title: str,
+                 path: str) -> None:
+    """Fig. 4's layout: a value vs context length, one line per label (dashed where the flag is set), L marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in report["results"].values():
-        ax.plot(report["lengths"], [r["perplexity"][str(n)] for n in report["lengths"]], marker="o",
-                linestyle="--" if r["settings"]["resonance"] else "-", label=r["label"])
-    ax.axvline(report["trained_context"], color="grey", linestyle=":", linewidth=1)
-    ax.text(report["trained_context"], ax.get_ylim()[1], " trained context", color="grey", va="top", fontsize=8)
-    ax.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="perplexity")
+    for i, (label, (values, dashed)) in enumerate(curves.items()):
+        ax.plot(sorted(values), [values[n] for n in sorted(values)], "--" if dashed else "-", marker="o", label=label,
+                color=f"C{i // 2 if title.startswith('fine-tuning') else i}")
+    ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
-    ax.set_title(f"{report['model']}, no fine-tuning: {len(report['documents'])} documents, {report['mode']}",
-                 fontsize=10)
+    ax.set(yscale="log", xlabel="context length (tokens); dotted: the trained context L", ylabel=ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -536,95 +468,73 @@ def passkey_filler_chars(tokenizer, length: int) -> int:
 
 
 def cmd_passkey(args: argparse.Namespace) -> int:
-    pes = _llama_pes(args)
+    """YaRN's passkey retrieval: greedy answers with the KV cache, correct if its first number is the key."""
     tokenizer = model_lib.load_tokenizer(args.model)
     fill = {n: passkey_filler_chars(tokenizer, n) for n in args.lengths}
-    llama = _load_for_eval(args, max(args.lengths) + args.new_tokens)
-    progress = Progress("passkey", len(pes) * len(args.depths) * args.trials * sum(map(_forward_cost, fill)))
-    results = {}
+    llama, pes = _llama(args, max(args.lengths) + args.new_tokens)
+    t0, results, done = time.perf_counter(), {}, 0
+    total = len(pes) * len(args.depths) * args.trials * sum(args.lengths)  # work counted in tokens
     for spec, pe in pes.items():
         llama.set_pe(pe)
         rng, table = random.Random(args.seed), {}  # the same keys for every PE
         for n, depth in ((n, depth) for n in args.lengths for depth in args.depths):
             trials = []
-            for key in (rng.randint(10000, 99999) for _ in range(args.trials)):
+            for key in [rng.randint(10000, 99999) for _ in range(args.trials)]:
                 ids = tokenizer.encode(passkey_prompt(fill[n], depth, key)).ids
-                out = llama.generate(torch.tensor([ids], device=args.device), args.new_tokens)
-                answer = tokenizer.decode(out[0, len(ids):].tolist())
+                answer = tokenizer.decode(llama.generate(torch.tensor([ids], device=args.device),
+                                                         args.new_tokens)[0, len(ids):].tolist())
                 found = re.search(r"\d+", answer)
                 trials.append({"key": key, "tokens": len(ids), "answer": answer,
                                "correct": found is not None and int(found.group()) == key})
-                progress.step(_forward_cost(n), f"{spec} length {n} depth {depth:g}: {answer!r} "
-                              f"{'ok' if trials[-1]['correct'] else 'wrong'}")
+                done += n
+                ft.progress(f"[passkey] {spec} length {n} depth {depth:g}: {answer!r} "
+                            f"{'ok' if trials[-1]['correct'] else 'wrong'}", done, total, time.perf_counter() - t0)
             table[f"{n}@{depth:g}"] = {"length": n, "depth": depth, "trials": trials,
                                        "accuracy": sum(t["correct"] for t in trials) / len(trials)}
-        results[spec] = {"label": pe.label(), "pe": str(pe), "settings": dataclasses.asdict(pe),
-                         "by_length_depth": table, "accuracy_by_length": {
-                             str(n): float(np.mean([v["accuracy"] for v in table.values() if v["length"] == n]))
-                             for n in args.lengths}}
+        results[spec] = {"label": pe.label(), "pe": str(pe), "settings": dataclasses.asdict(pe), "by_length_depth":
+                         table, "accuracy_by_length": {str(n): float(np.mean(
+                             [v["accuracy"] for v in table.values() if v["length"] == n])) for n in args.lengths}}
     print(f"{'PE':<14}" + "".join(f"{n:>8}" for n in args.lengths) + "   (accuracy, mean over depths)")
     for spec, r in results.items():
         print(f"{spec:<14}" + "".join(f"{r['accuracy_by_length'][str(n)]:>8.2f}" for n in args.lengths))
     ft.write_json(args.out, {"settings": {k: str(v) for k, v in vars(args).items() if k != "func"},
-                             "model": args.model, "lengths": args.lengths, "depths": args.depths,
-                             "trials": args.trials, "seed": args.seed, "new_tokens": args.new_tokens,
-                             "dtype": args.dtype, "device": str(args.device),
-                             "seconds": round(time.perf_counter() - progress.t0, 1), "results": results})
+                             "model": args.model, "seconds": round(time.perf_counter() - t0, 1), "results": results})
     return 0
 
 
 def cmd_llama_compare(args: argparse.Namespace) -> int:
     """Perplexity on each fine-tuning run's held-out text before and after fine-tuning (Sec. 6.2.2), truncate
-    mode (one window per document): the base model with the run's PE swapped in, then the fine-tuned directory.
-    L is passed explicitly: a fine-tuned directory's max_position_embeddings is L' = s·L."""
-    runs = []
+    mode: the base model with the run's PE swapped in, then the fine-tuned directory. L is passed explicitly,
+    since a fine-tuned directory's max_position_embeddings is L' = s·L."""
+    runs, curves = [], {}
     for d in map(Path, args.runs):
         log = ft.read_json(d / "log.json", "a finetune.py llama run directory")
         if not log.get("done"):
             raise ValueError(f"{d} has not finished training ({len(log['history'])} of {log['steps']} steps)")
         r = log["run"]
         pe = PE.parse(r["pe"], original_len=log["original_len"], alpha=r["alpha"], beta=r["beta"])
-        docs = [(name, model_lib.load_tokenizer(r["model"]).encode(text).ids)
-                for name, text in ft.read_documents([str(d / "heldout.jsonl")])]
-        row = {"dir": str(d), "pe": str(pe), "label": pe.label(), "seq_len": log["seq_len"],
-               "target_len": log["target_len"], "original_len": log["original_len"], "steps": log["steps"],
-               "train_tokens": log["steps"] * r["batch_size"] * log["seq_len"], "lr": r["lr"], "seed": r["seed"],
-               "loss_first": log["history"][0]["loss"], "loss_last": log["history"][-1]["loss"],
-               "train_s": log["history"][-1]["elapsed_s"], "documents": [n for n, _ in docs]}
-        for when, source in (("before", r["model"]), ("after", str(d / "model"))):
+        tokenizer = model_lib.load_tokenizer(r["model"])
+        docs = [(name, tokenizer.encode(text).ids) for name, text in ft.read_documents([str(d / "heldout.jsonl")])]
+        row = {"dir": str(d), "pe": str(pe), "label": pe.label(), **{k: log[k] for k in (
+            "seq_len", "target_len", "original_len", "steps")}, "lr": r["lr"], "seed": r["seed"],
+            "train_tokens": log["steps"] * r["batch_size"] * log["seq_len"], "loss_first": log["history"][0]["loss"],
+            "loss_last": log["history"][-1]["loss"], "train_s": log["history"][-1]["elapsed_s"],
+            "documents": [n for n, _ in docs]}
+        for when, source in (("before", r["model"]), ("after", d / "model")):
             llama = model_lib.load_llama(source, pe).to(args.device)
             report = perplexity(llama, docs, {str(pe): pe}, sorted(args.lengths), None, args.device)
             row[when] = {int(n): p for n, p in report["results"][str(pe)]["perplexity"].items()}
             ft.write_json(d / f"perplexity_{when}.json", report)
+            tag = "no FT" if when == "before" else f"FT@{log['seq_len']}"
+            curves[f"{row['label']}, {tag}"] = (row[when], when == "before")
         runs.append(row)
         print(f"{row['label']:<22} " + "  ".join(f"{n}: {row['before'][n]:.3f} → {row['after'][n]:.3f}"
                                                  for n in sorted(row["after"])), flush=True)
     ft.write_json(args.out, {"lengths": sorted(args.lengths), "mode": "truncate", "runs": runs})
     if args.png:
-        plot_compare(runs, args.png)
+        plot_lengths(curves, runs[0]["original_len"], "perplexity (held-out text)", "fine-tuning: dashed before, "
+                     "solid after", args.png)
     return 0
-
-
-def plot_compare(runs: list[dict], path: str) -> None:
-    """Perplexity vs length of each run, before (dashed) and after (solid) fine-tuning."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, row in enumerate(runs):
-        for when, style in (("before", "--"), ("after", "-")):
-            xs = sorted(row[when])
-            ax.plot(xs, [row[when][n] for n in xs], style, marker="o", color=f"C{i}",
-                    label=f"{row['label']}, {'no FT' if when == 'before' else 'FT@' + str(row['seq_len'])}")
-    ax.axvline(runs[0]["original_len"], color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log", base=2)
-    ax.set(xlabel="context length (tokens); dotted: L", ylabel="perplexity (held-out text)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------------
 
 
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:

@@ -1,26 +1,21 @@
-"""Training entry points for the Resonance RoPE reference.
+"""Training for the Resonance RoPE reference, and what evaluate.py shares with it (command-line helpers, PosGen
+evaluation, atomic writes, text documents).
 
     python finetune.py posgen --task recursive --pe res_yarn --preset quick --seed 5549
-    python finetune.py posgen --task cot --pe yarn --preset paper --protocol paper --seed 42 --device cuda
     python finetune.py llama --pe res_yarn:2 --seq-len 2048 --train-tokens 65536 --out runs/llama/x
-    torchrun --nproc_per_node=4 finetune.py llama --pe yarn:4 --out runs/llama/yarn-s4        # DDP
-    torchrun --nproc_per_node=8 finetune.py llama --fsdp ...                                  # FSDP2, GPUs
+    torchrun --nproc_per_node=4 finetune.py llama --pe yarn:4 --out runs/llama/yarn-s4       # DDP
+    torchrun --nproc_per_node=8 finetune.py llama --fsdp ...                                 # FSDP2, GPUs
 
-``posgen`` trains the tiny Transformer of Sec. 6.1.1 / App. C.1 on one PosGen subtask with one Table 1 row and
-one seed, under a preset (PRESETS) and a protocol (``posgen_pes``). A run lives in
-``runs/posgen/<preset>-<protocol>/<task>/<pe>/seed<seed>/``: ``ckpt.pt`` (written atomically after every
-epoch; a killed run resumes from it and ends bit-identical to an uninterrupted one on CPU), ``log.json`` and,
-once tested, ``result.json``. ``llama`` fine-tunes a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2).
-
-This module also holds what ``evaluate.py`` shares with it: the command-line helpers (every user mistake is one
-line on stderr and exit status 2), PosGen evaluation, atomic writes and the text documents.
+``posgen`` trains the tiny Transformer of Sec. 6.1.1 / App. C.1 on one task for one Table 1 row and seed, in
+``runs/posgen/<preset>-<protocol>/<task>/<pe>/seed<seed>/`` (``ckpt.pt`` after every epoch, ``log.json``,
+``result.json``). ``llama`` fine-tunes a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2). Both resume from their
+checkpoint and end bit-identical to an uninterrupted run on CPU. A user mistake is one line on stderr, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -33,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-import torch.utils.checkpoint
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -47,8 +41,7 @@ import posgen
 from resonance import PE
 
 # ----------------------------------------------------------------------------------------------------------
-# Command lines (finetune.py and evaluate.py): argparse types that check a value when it is parsed, before
-# anything is loaded, and a main that turns every error into one line.
+# Command lines, files, progress: argparse types check a value as it is parsed, before anything is loaded.
 
 
 class Parser(argparse.ArgumentParser):
@@ -64,8 +57,7 @@ def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], in
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
         return value
@@ -78,21 +70,20 @@ def device(name: str) -> torch.device:
         dev = torch.device(name)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps)") from None
-    module = getattr(torch, dev.type, None)
-    if dev.type != "cpu" and not (module is not None and module.is_available()):
+    backend = getattr(torch, dev.type, None)
+    if dev.type != "cpu" and not (backend is not None and backend.is_available()):
         raise argparse.ArgumentTypeError(f"device {name!r} is not available on this machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
         raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 
 def path_for(kind: str) -> Callable[[str], str]:
-    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written, or "" for none."""
+    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written ("" for none)."""
     def parse(text: str) -> str:
         p = Path(text)
         if text and p.exists() and p.is_dir() != (kind == "dir"):
-            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, "
-                                             f"a {kind} is needed here")
+            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, not a {kind}")
         parent = next((q for q in p.absolute().parents if q.exists()), None)
         if text and parent is not None and not parent.is_dir():
             raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
@@ -105,34 +96,35 @@ def default_device() -> str:
 
 
 def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the subcommand's ``func``; a user mistake becomes one line on stderr, exit 2."""
+    """Parse ``argv`` and run the subcommand's ``func``; a bad value or file becomes one line on stderr, exit 2."""
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:  # bad values, missing or unreadable files
+    except (ValueError, OSError) as e:
         print(f"{parser.prog} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
 
 
 def check_memory(nbytes: float, what: str) -> None:
-    """Refuse work that cannot fit in this machine's memory, saying so (instead of failing to allocate)."""
+    """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if nbytes > ram:
-        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
-                         f"{ram / 2**30:.3g} GiB")
+        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's {ram / 2**30:.3g}")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Write beside the target, then rename: a kill leaves either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write(f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 def read_json(path: str | Path, what: str) -> dict:
-    """A JSON file that must exist and parse; the error names it and what it should have been."""
+    """A JSON file that must exist and parse; an error names the file and what it should have been."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{Path(path).parent} is not {what} (no {Path(path).name})")
     try:
@@ -141,8 +133,53 @@ def read_json(path: str | Path, what: str) -> dict:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
-def write_json(path: str | Path, obj: object) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
+# Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.
+_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def save_training(path: Path, meta: dict, net, opt, sched, rank: int = 0, **extra) -> None:
+    """Checkpoint a run atomically: model, optimizer, scheduler, torch (and CUDA) RNG, and ``extra`` fields.
+    Under FSDP every rank gathers the full state (a collective); rank 0 writes it."""
+    model_sd, opt_sd = get_model_state_dict(net, options=_FULL_STATE), get_optimizer_state_dict(net, opt,
+                                                                                                options=_FULL_STATE)
+    cuda = {"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
+    state = {"meta": meta, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
+             "rng_torch": torch.get_rng_state(), **cuda, **extra}
+    if rank == 0:
+        atomic_write(path, lambda p: torch.save(state, p))
+
+
+def resume_training(path: Path, meta: dict, net, opt, sched) -> dict:
+    """Load the checkpoint at ``path`` (of a run with settings ``meta``) into the run; its dict, {} if none."""
+    if not path.exists():
+        return {}
+    state = load_checkpoint(path, meta)
+    set_model_state_dict(net, state["model"], options=_FULL_STATE)
+    set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL_STATE)
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    if torch.cuda.is_available() and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state
+
+
+def load_checkpoint(path: str | Path, meta: dict | None = None) -> dict:
+    """A ``torch.save``d dict read with ``weights_only=True``; with ``meta``, it must be a run of those settings."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch each raise their own error types on a bad file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "meta" not in state:
+        raise ValueError(f"{path} is not a finetune.py checkpoint")
+    if meta is not None and state["meta"] != meta:
+        raise ValueError(f"{path} holds a run with other settings; remove it or choose another directory")
+    return state
+
+
+def progress(what: str, done: float, total: float, elapsed: float) -> None:
+    """One progress line on stderr: what was done, elapsed time and an ETA from the share of work done."""
+    eta = elapsed * (total - done) / done if done else math.nan
+    print(f"{what}  elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
 
 
 def fmt_s(seconds: float) -> str:
@@ -150,6 +187,11 @@ def fmt_s(seconds: float) -> str:
         return "?"
     s = round(seconds)
     return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _autocast(dev: torch.device):
+    # bf16 where it is fast (CUDA); fp32 on CPU, where determinism and the authors' fp32 matter more.
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,29 +202,23 @@ PROTOCOLS = ("code", "paper")
 
 
 def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
-    """The (training, evaluation) PEs of one Table 1 row under a protocol.
+    """The (training, evaluation) PEs of one Table 1 row under a protocol; "res_" applies Alg. 1 last.
 
-    ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32 and Sec. 3.3's
-    ramp γ_j computed from L.
-    ``code`` (the authors' released harness): every row trains with the unscaled table (RoPE or Res. RoPE);
-    YaRN rows swap YaRN in for evaluation, computed as that code does: s = (L'+1)/(L+1) = 257/65, the
-    correction range computed with length L'+1 = 257 (where YaRN means the *original* length), β_fast = 2,
-    β_slow = 1 and the index ramp. The +1 is their start token. "res_" applies Alg. 1 last.
+    ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32, Sec. 3.3's ramp.
+    ``code`` (the authors' released harness): every row trains with the unscaled table; YaRN rows swap YaRN in
+    for evaluation as that code computes it: s = (L'+1)/(L+1) = 257/65, the correction range from length
+    L'+1 = 257 (where YaRN means the *original* length), β_fast = 2, β_slow = 1, the index ramp. The +1 is their
+    start token.
     """
-    if pe not in PE_NAMES:
-        raise ValueError(f"pe must be one of {PE_NAMES}, got {pe!r}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    if not 0 < train_len < test_len:
-        raise ValueError(f"train_len and test_len must satisfy 0 < train_len < test_len, got {train_len}, "
-                         f"{test_len}")
+    if pe not in PE_NAMES or protocol not in PROTOCOLS or not 0 < train_len < test_len:
+        raise ValueError(f"pe must be one of {PE_NAMES}, protocol one of {PROTOCOLS} and 0 < train_len < test_len, "
+                         f"got {pe!r}, {protocol!r}, {train_len}, {test_len}")
     res = pe.startswith("res_")
     plain = PE("rope", resonance=res, original_len=train_len)
-    if not pe.endswith("yarn"):
+    if pe.endswith("rope"):
         return plain, plain
     if protocol == "paper":
-        yarn = PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper")
-        return yarn, yarn
+        return (PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper"),) * 2
     return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
 
 
@@ -203,7 +239,7 @@ class Preset:
     test_len: int = 256             # L' = s·L with s = 4
     epochs: int = 150
     batch_size: int = 128
-    lr: float = 2e-4
+    lr: float = 2e-4                # AdamW, one-cycle cosine schedule (PyTorch's OneCycleLR)
     weight_decay: float = 1e-2
     pct_start: float = 0.1          # one-cycle warm-up share
     val_every: int = 2              # epochs between validations (the last epoch always validates)
@@ -224,33 +260,16 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset("quick", d_model=128, n_head=2, d_ff=512, n_train=5000, n_val=500, n_test=1000, epochs=6,
                     lr=1e-3, val_every=1, seeds=(5549,)),
 }
-
 DEFAULT_PROTOCOL = "code"  # see the README: which protocol reproduces Table 1 better
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
 
 
-def one_cycle_lr(step: int, total_steps: int, max_lr: float, pct_start: float = 0.1) -> float:
-    """The learning rate of PyTorch's ``OneCycleLR`` (cosine annealing, div_factor 25, final_div_factor 1e4)
-    at ``step`` of ``total_steps``: cosine from max_lr/25 up to max_lr over the first pct_start of the steps,
-    then cosine down to max_lr/25e4. A pure function, so resuming needs only the step count."""
-    if not 0 <= step < total_steps:
-        raise ValueError(f"step must be in [0, total_steps = {total_steps}), got {step}")
-    initial, final = max_lr / 25, max_lr / 25 / 1e4
-    warm = max(pct_start * total_steps - 1, 1.0)
-    if step <= warm:
-        lo, hi, t = initial, max_lr, step / warm
-    else:
-        lo, hi, t = max_lr, final, (step - warm) / max(total_steps - 1 - warm, 1.0)
-    return hi + (lo - hi) * (1 + math.cos(math.pi * t)) / 2
-
-
 def check_run_args(task: str, pe: str, preset: str | Preset, protocol: str) -> Preset:
     """Validate names; return the Preset (a name is looked up in PRESETS)."""
-    if task not in posgen.TASKS:
-        raise ValueError(f"task must be one of {posgen.TASKS}, got {task!r}")
     posgen_pes(pe, protocol)
-    if not isinstance(preset, Preset) and preset not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {preset!r}")
+    if task not in posgen.TASKS or not (isinstance(preset, Preset) or preset in PRESETS):
+        raise ValueError(f"task must be one of {posgen.TASKS} and preset one of {tuple(PRESETS)}, got {task!r}, "
+                         f"{preset!r}")
     return preset if isinstance(preset, Preset) else PRESETS[preset]
 
 
@@ -260,8 +279,8 @@ def run_dir(root: str | Path, preset: Preset, protocol: str, task: str, pe: str,
 
 def training_run_pe(pe: str, protocol: str) -> str:
     """The row whose training run ``pe`` uses. Under ``code`` a YaRN row trains exactly as its RoPE row (same
-    unscaled table, data, seed and RNG; validation draws no random numbers), so the two rows share one
-    training run — bit-identical weights — and differ only in the table they are validated and tested with."""
+    unscaled table, data, seed and RNG; validation draws no random numbers), so the two rows share one training
+    run — bit-identical weights — and differ only in the table they are validated and tested with."""
     return pe.removesuffix("yarn") + "rope" if protocol == "code" and pe.endswith("yarn") else pe
 
 
@@ -288,11 +307,6 @@ def accuracy_summary(per_position: torch.Tensor, j: int, k: int, train_len: int)
             if T > train_len else None, "per_position": [None if i < j + k else per[i].item() for i in range(T)]}
 
 
-def _autocast(dev: torch.device):
-    # bf16 where it is fast (CUDA); fp32 on CPU, where determinism and the authors' fp32 matter more.
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-
-
 @torch.no_grad()
 def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, preset: Preset,
                     device: torch.device | str = "cpu", batch_size: int = 100) -> dict:
@@ -310,60 +324,31 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
         count += int((y != -100).sum())
         correct += (logits.argmax(-1) == y).sum(0).double().cpu()
     net.train(was_training)
-    return {"loss": loss_sum / count, **accuracy_summary(correct / seqs.shape[0], preset.j, preset.k,
-                                                         preset.train_len)}
+    return {"loss": loss_sum / count, **accuracy_summary(correct / len(seqs), preset.j, preset.k, preset.train_len)}
 
 
-def _run_meta(task: str, pe: str, seed: int, preset: Preset, protocol: str) -> dict:
-    return {"task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": dataclasses.asdict(preset)}
+def run_meta(task: str, pe: str, seed: int, preset: Preset, protocol: str) -> dict:
+    """What identifies a run; "format" 2: plain ``nn.Dropout`` (earlier runs drew other dropout masks)."""
+    return {"task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": dataclasses.asdict(preset),
+            "format": 2}
 
 
-def build_posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE, PE]:
-    """The model of a run (tables of the training PE: vocabulary = modulus + a start token, positions
-    0 … L'−1), and its (training, evaluation) PEs."""
+def posgen_run(meta: dict) -> tuple[model_lib.TinyTransformer, PE, PE, dict[str, np.ndarray]]:
+    """The model of a run (holding the training table; vocabulary = modulus + a start token, positions
+    0 … L'−1), its (training, evaluation) PEs and its splits, seeded by the run's seed."""
     p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
     train_pe, eval_pe = posgen_pes(meta["pe"], meta["protocol"], p.train_len, p.test_len)
     cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head,
                                d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe)
-    return model_lib.TinyTransformer(cfg), train_pe, eval_pe
+    splits = posgen.make_splits(meta["task"], p.n_train, p.n_val, p.n_test, p.train_len, p.test_len, p.j, p.k,
+                                p.modulus, seed=meta["seed"])
+    return model_lib.TinyTransformer(cfg), train_pe, eval_pe, splits
 
 
-def posgen_data(meta: dict) -> dict[str, np.ndarray]:
-    """The run's train/val/test splits; the run's seed also seeds the data (prefixes disjoint across splits)."""
-    p = meta["preset"]
-    return posgen.make_splits(meta["task"], p["n_train"], p["n_val"], p["n_test"], p["train_len"], p["test_len"],
-                              p["j"], p["k"], p["modulus"], seed=meta["seed"])
-
-
-def _resume(path: Path, meta: dict, net: torch.nn.Module, opt, gen: torch.Generator, dev: torch.device) -> dict:
-    """The checkpoint's state loaded into ``net``, ``opt`` and the RNGs; a fresh state if there is none."""
-    if not path.exists():
-        return {"meta": meta, "epoch": 0, "elapsed_s": 0.0, "history": []}
-    state = load_checkpoint(path)
-    if state.get("meta") != meta:
-        raise ValueError(f"run dir {path.parent} holds a run with other settings; remove it or use another "
-                         "--runs-dir")
-    net.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    gen.set_state(state["rng_data"])
-    torch.set_rng_state(state["rng_torch"])
-    if dev.type == "cuda":
-        torch.cuda.set_rng_state(state["rng_cuda"])
-    return state
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """A ``torch.save``d checkpoint, read with ``weights_only=True``; a file that is not one is named as such."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch each raise their own error types on a bad file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-
-
-def _validate(net, val_pes: dict[str, PE], train_pe: PE, seqs: np.ndarray, preset: Preset, dev) -> dict:
+def _validate(net, tables: dict[str, PE], train_pe: PE, seqs: np.ndarray, preset: Preset, dev) -> dict:
     """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
     out = {}
-    for name, table in val_pes.items():
+    for name, table in tables.items():
         net.set_pe(table)
         v = evaluate_posgen(net, seqs, preset, dev)
         out[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
@@ -372,68 +357,58 @@ def _validate(net, val_pes: dict[str, PE], train_pe: PE, seqs: np.ndarray, prese
 
 
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
-                 runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None,
-                 progress: bool = True) -> dict:
+                 runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None) -> dict:
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
-    Loss: cross-entropy on every token after the given prefix. AdamW (no decay on norm gains), the one-cycle
-    schedule of ``one_cycle_lr``, batches from a seeded generator checkpointed with the model, optimizer, epoch
-    and the dropout RNG. Each validation uses the *evaluation* table of every row that shares this training run
-    (``training_run_pe``). ``stop_after``: train at most this many epochs in this call (as if killed), then
-    return. Returns the checkpoint dict; each history row holds {"epoch", "loss", "lr", "elapsed_s"} and, on
-    validation epochs, "val": {row: {"val_loss", "id_acc", "ood_acc"}}.
+    Cross-entropy on every token after the given prefix; AdamW (no decay on norm gains) with PyTorch's one-cycle
+    cosine schedule; batches from a seeded generator checkpointed with the model, optimizer, schedule and dropout
+    RNG. Each validation uses the *evaluation* table of every row that shares this training run. ``stop_after``:
+    train at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s", "history"}: a row
+    {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: {"val_loss", "id_acc", "ood_acc"}}.
     """
-    preset, dev = check_run_args(task, pe, preset, protocol), torch.device(device)
-    sharing = pes_sharing(pe, protocol)
-    pe, meta = sharing[0], _run_meta(task, sharing[0], seed, preset, protocol)
-    out = run_dir(runs_root, preset, protocol, task, pe, seed)
+    preset, dev, sharing = check_run_args(task, pe, preset, protocol), torch.device(device), pes_sharing(pe, protocol)
+    meta = run_meta(task, sharing[0], seed, preset, protocol)
+    out = run_dir(runs_root, preset, protocol, task, sharing[0], seed)
     torch.manual_seed(seed)
-    net, train_pe, _ = build_posgen_model(meta)
-    val_pes = {p: posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
-    net.to(dev)
-    groups = [[p for p in net.parameters() if p.dim() >= 2], [p for p in net.parameters() if p.dim() < 2]]
-    opt = torch.optim.AdamW([{"params": groups[0], "weight_decay": preset.weight_decay},
-                             {"params": groups[1], "weight_decay": 0.0}], lr=preset.lr)
+    net, train_pe, _, data = posgen_run(meta)
+    tables = {p: posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
+    params = list(net.to(dev).parameters())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": preset.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=preset.lr)
+    steps = math.ceil(preset.n_train / preset.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, preset.lr, total_steps=steps * preset.epochs,
+                                                pct_start=preset.pct_start, cycle_momentum=False)
     gen = torch.Generator().manual_seed(seed)
-    state = _resume(out / "ckpt.pt", meta, net, opt, gen, dev)
-    data = posgen_data(meta) if state["epoch"] < preset.epochs else None
-    if data is None:
-        return state
-    inputs, targets = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus,
-                                                   preset.j + preset.k))  # a few MB: moved once
-    steps, n = math.ceil(inputs.shape[0] / preset.batch_size), inputs.shape[0]
+    state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
+    if "rng_data" in state:
+        gen.set_state(state["rng_data"])
+    x, y = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus, preset.j + preset.k))
     fwd = torch.compile(net) if preset.compile and dev.type == "cuda" else net
     t_call, first = time.perf_counter(), state["epoch"]
     for epoch in range(first, preset.epochs if stop_after is None else min(preset.epochs, first + stop_after)):
-        t0, perm, loss_sum = time.perf_counter(), torch.randperm(n, generator=gen).to(dev), 0.0
+        t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(x), generator=gen).to(dev), 0.0
         net.train()
-        for i in range(steps):
-            lr = one_cycle_lr(epoch * steps + i, steps * preset.epochs, preset.lr, preset.pct_start)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = perm[i * preset.batch_size:(i + 1) * preset.batch_size]
+        for idx in perm.split(preset.batch_size):
             with _autocast(dev):
-                loss = fwd(inputs[idx], targets[idx])[1]
+                loss = fwd(x[idx], y[idx])[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             loss_sum += loss.detach()
-        row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": lr}
+        row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"] = _validate(net, val_pes, train_pe, data["val"], preset, dev)
+            row["val"] = _validate(net, tables, train_pe, data["val"], preset, dev)
         row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
         state["history"].append(row)
-        state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], model=net.state_dict(), optimizer=opt.state_dict(),
-                     rng_data=gen.get_state(), rng_torch=torch.get_rng_state(),
-                     **({"rng_cuda": torch.cuda.get_rng_state()} if dev.type == "cuda" else {}))
-        atomic_write(out / "ckpt.pt", lambda p, s=state: torch.save(s, p))
+        state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
+        save_training(out / "ckpt.pt", meta, net, opt, sched, epoch=state["epoch"], elapsed_s=state["elapsed_s"],
+                      history=state["history"], rng_data=state["rng_data"])
         write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
-        if progress:
-            eta = (time.perf_counter() - t_call) / (epoch + 1 - first) * (preset.epochs - epoch - 1)
-            val = "".join(f"  {name}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
-                          for name, v in row.get("val", {}).items())
-            print(f"{task}/{pe}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val}  "
-                  f"elapsed {fmt_s(row['elapsed_s'])}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
+        val = "".join(f"  {name}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
+                      for name, v in row.get("val", {}).items())
+        progress(f"{task}/{sharing[0]}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val}",
+                 epoch + 1 - first, preset.epochs - first, time.perf_counter() - t_call)
     return state
 
 
@@ -443,31 +418,27 @@ def _pct(x: float | None) -> str:
 
 def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[model_lib.TinyTransformer, dict]:
     """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
-    own row; any row sharing the training run, ``training_run_pe``), and its checkpoint dict."""
+    own row; any row sharing the training run), and its checkpoint dict."""
     path = Path(path) / "ckpt.pt" if Path(path).is_dir() else Path(path)
     if not path.exists():
-        result = path.parent / "result.json"
-        r = json.loads(result.read_text()) if result.is_file() else {}
+        r = read_json(path.parent / "result.json", "a run") if (path.parent / "result.json").is_file() else {}
         if r.get("trained_as", r.get("pe")) != r.get("pe"):  # a YaRN row under `code`: no checkpoint of its own
             raise FileNotFoundError(f"no checkpoint at {path}: the {r['pe']} row was trained as {r['trained_as']}; "
                                     f"give that run's directory and --pe {r['pe']}")
         raise FileNotFoundError(f"no checkpoint at {path}")
     state = load_checkpoint(path)
-    if not isinstance(state, dict) or not {"meta", "model", "epoch"} <= state.keys():
-        raise ValueError(f"{path} is not a finetune.py posgen checkpoint")
-    meta = state["meta"]
-    pe = meta["pe"] if pe is None else pe
-    if pe not in pes_sharing(meta["pe"], meta["protocol"]):
-        raise ValueError(f"pe must be one of the rows trained by this run, "
-                         f"{tuple(pes_sharing(meta['pe'], meta['protocol']))}, got {pe!r}")
-    net, _, _ = build_posgen_model(meta)
+    meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["protocol"])
+    if (pe or meta["pe"]) not in rows:
+        raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, got {pe!r}")
+    net, _, _, _ = posgen_run(meta)
     net.load_state_dict(state["model"])
-    net.set_pe(posgen_pes(pe, meta["protocol"], meta["preset"]["train_len"], meta["preset"]["test_len"])[1])
+    p = meta["preset"]
+    net.set_pe(posgen_pes(pe or meta["pe"], meta["protocol"], p["train_len"], p["test_len"])[1])
     return net.eval(), state
 
 
 def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
-               runs_root: str | Path = "runs", device: str = "cpu", progress: bool = True) -> dict:
+               runs_root: str | Path = "runs", device: str = "cpu") -> dict:
     """Train (or resume, or reuse) the run of one row, then test it with the row's evaluation table.
 
     A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed",
@@ -476,17 +447,16 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", pr
     train_s = 0: the training time is counted once, on the row that owns it.
     """
     preset = check_run_args(task, pe, preset, protocol)
-    meta = _run_meta(task, pe, seed, preset, protocol)
+    meta = run_meta(task, pe, seed, preset, protocol)
     result_path = run_dir(runs_root, preset, protocol, task, pe, seed) / "result.json"
     if result_path.is_file():
-        result = json.loads(result_path.read_text())
+        result = read_json(result_path, "a run")
         if result.get("meta") == json.loads(json.dumps(meta)) and "trained_as" in result:  # else: older format
             return result
-    trained_as = training_run_pe(pe, protocol)
-    state = train_posgen(task, pe, seed, preset, protocol, runs_root, device, progress=progress)
+    trained_as, state = training_run_pe(pe, protocol), train_posgen(task, pe, seed, preset, protocol, runs_root, device)
     t0 = time.perf_counter()
     net, _ = load_posgen_checkpoint(run_dir(runs_root, preset, protocol, task, trained_as, seed), pe)
-    test = evaluate_posgen(net.to(device), posgen_data(meta)["test"], preset, device)
+    test = evaluate_posgen(net.to(device), posgen_run(meta)[3]["test"], preset, device)
     test_s, train_s = time.perf_counter() - t0, state["elapsed_s"] if trained_as == pe else 0.0
     history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {}) for h in state["history"]]
     result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": preset.name,
@@ -518,7 +488,7 @@ def add_posgen_args(p: argparse.ArgumentParser) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class LlamaRun:
-    """Everything that decides the result of one fine-tuning run; a checkpoint of other settings is refused.
+    """Everything that decides the result of one fine-tuning run (the command line's options, one each).
 
     Defaults follow App. C.2 (YaRN's recipe with the paper's ~100M-token budget): AdamW, lr 2e-5, weight decay
     0.01, linear warm-up over the first 5 % of the steps, then constant. The global batch of 64 sequences makes
@@ -531,20 +501,17 @@ class LlamaRun:
     alpha: float = 1.0              # YaRN's α, β (App. C.2)
     beta: float = 32.0
     seq_len: int | None = None      # training length; None: the target L' = s·L ("FT@target" of Table 2)
-    train_tokens: int = 100_000_000
+    train_tokens: int = 100_000_000  # steps = train_tokens // (batch_size · seq_len)
     batch_size: int = 64            # sequences per optimiser step, over all processes
-    micro_batch: int = 1            # sequences per forward; batch_size / (micro_batch · processes) are accumulated
+    micro_batch: int = 1            # sequences per forward; the rest of a step is gradient accumulation
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup: float = 0.05            # share of the steps with a linear warm-up
-    text: str | None = None         # .txt or .jsonl, as evaluate.py perplexity --text; None: Python's stdlib
+    text: str | None = None         # .txt or .jsonl ("text" per line, as PG19); None: Python's stdlib
     heldout_docs: int = 4           # documents kept out of training, written to heldout.jsonl for evaluation
     heldout_min_tokens: int | None = None  # a held-out document has at least this many tokens; None: L'
     seed: int = 0
     grad_checkpointing: bool = True
-
-    def pe_settings(self) -> PE:
-        return PE.parse(self.pe, original_len=self.original_len, alpha=self.alpha, beta=self.beta)
 
 
 def stdlib_documents(n: int | None = None) -> list[tuple[str, str]]:
@@ -560,22 +527,14 @@ def read_documents(paths: list[str]) -> list[tuple[str, str]]:
     for path in map(Path, paths):
         if path.suffix not in (".txt", ".jsonl") or not path.is_file():
             raise ValueError(f"--text takes existing .txt or .jsonl files, got {path}")
-        lines = path.read_text(encoding="utf-8").splitlines() if path.suffix == ".jsonl" else []
-        for i, line in enumerate(lines):
-            record = json.loads(line) if line.strip() else {"text": None}
-            if not isinstance(record, dict) or "text" not in record:
-                raise ValueError(f"{path} line {i + 1} has no 'text' field")
-            docs += [(f"{path.name}:{i + 1}", record["text"])] if record["text"] is not None else []
-        docs += [(path.name, path.read_text(encoding="utf-8"))] if path.suffix == ".txt" else []
+        if path.suffix == ".txt":
+            docs.append((path.name, path.read_text(encoding="utf-8")))
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines() if path.suffix == ".jsonl" else []):
+            record = json.loads(line) if line.strip() else None
+            if record is not None and not (isinstance(record, dict) and isinstance(record.get("text"), str)):
+                raise ValueError(f"{path} line {i + 1} has no 'text' string")
+            docs += [(f"{path.name}:{i + 1}", record["text"])] if record else []
     return docs
-
-
-def pack_sequences(docs: list[list[int]], seq_len: int, sep: int | None) -> torch.Tensor:
-    """Concatenate token lists (each followed by ``sep`` when given) and cut into (N, seq_len); the tail that
-    does not fill a sequence is dropped."""
-    stream = [t for doc in docs for t in ([*doc, sep] if sep is not None else doc)]
-    n = len(stream) // seq_len
-    return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
 # Separator between packed documents: the first of these the vocabulary holds (SmolLM2: <|endoftext|>).
@@ -584,11 +543,11 @@ _DOC_SEPARATORS = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
 
 def llama_data(texts: list[str], tokenizer, seq_len: int, heldout_docs: int, heldout_min_tokens: int,
                seed: int) -> tuple[torch.Tensor, list[str]]:
-    """Split documents into held-out and training text, tokenise once, pack the training part.
+    """Split documents into held-out and training text; pack the training part into (N, seq_len) sequences.
 
     The documents are shuffled with ``seed``; the first ``heldout_docs`` of at least ``heldout_min_tokens``
-    tokens are held out (long enough to score at L'), all others are packed into (N, seq_len) training sequences.
-    Returns (training sequences (N, seq_len), held-out texts).
+    tokens are held out (long enough to score at L'). The others are concatenated, each followed by a separator
+    token, and cut into sequences; the tail that does not fill one is dropped.
     """
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
     ids = [enc.ids for enc in tokenizer.encode_batch([texts[i] for i in order], add_special_tokens=False)]
@@ -596,11 +555,12 @@ def llama_data(texts: list[str], tokenizer, seq_len: int, heldout_docs: int, hel
     if len(held) < heldout_docs:
         raise ValueError(f"heldout_docs = {heldout_docs} documents of >= {heldout_min_tokens} tokens are needed, "
                          f"the text has {len(held)}")
-    sep = next((i for i in map(tokenizer.token_to_id, _DOC_SEPARATORS) if i is not None), None)
-    train = pack_sequences([doc for i, doc in enumerate(ids) if i not in set(held)], seq_len, sep)
-    if train.shape[0] == 0:
+    sep = [i for i in map(tokenizer.token_to_id, _DOC_SEPARATORS) if i is not None][:1]
+    stream = [t for i, doc in enumerate(ids) if i not in held for t in doc + sep]
+    if len(stream) < seq_len:
         raise ValueError(f"the training text holds fewer than seq_len = {seq_len} tokens")
-    return train, [texts[order[i]] for i in held]
+    n = len(stream) // seq_len
+    return torch.tensor(stream[:n * seq_len]).view(n, seq_len), [texts[order[i]] for i in held]
 
 
 def batch_indices(step: int, batch_size: int, n_seqs: int, seed: int) -> torch.Tensor:
@@ -621,85 +581,46 @@ def warmup_lambda(warmup_steps: int) -> Callable[[int], float]:
 
 
 class CausalLMLoss(torch.nn.Module):
-    """Mean next-token cross-entropy of a ``Llama`` over (B, T) sequences (B·(T−1) predictions).
+    """Mean next-token cross-entropy of a ``Llama`` over (B, T) sequences: the module DDP / FSDP wrap, so the
+    loss (chunked over the vocabulary, ``Llama.token_nll``) is part of the distributed forward."""
 
-    The vocabulary projection goes ``chunk`` positions at a time and, under gradient checkpointing, each chunk's
-    logits are recomputed in the backward pass: at L' = 16K SmolLM2's full logits alone would be 3.2 GB. This
-    module is what DDP / FSDP wrap, so the loss is part of the distributed forward.
-    """
-
-    def __init__(self, net: torch.nn.Module, chunk: int = 2048, checkpoint: bool = True):
+    def __init__(self, net: model_lib.Llama):
         super().__init__()
-        self.net, self.chunk, self.checkpoint = net, chunk, checkpoint
-
-    def _nll_sum(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.net.lm_head(h).float().transpose(1, 2), target, reduction="sum")
+        self.net = net
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        h, target = self.net.hidden_states(input_ids)[:, :-1], input_ids[:, 1:]
-        total = h.new_zeros((), dtype=torch.float32)
-        for i in range(0, target.shape[1], self.chunk):
-            args = (h[:, i:i + self.chunk], target[:, i:i + self.chunk])
-            total = total + (torch.utils.checkpoint.checkpoint(self._nll_sum, *args, use_reentrant=False)
-                             if self.checkpoint else self._nll_sum(*args))
-        return total / target.numel()
+        return self.net.token_nll(input_ids).mean()
 
 
-def checkpoint_blocks(net: torch.nn.Module) -> None:
-    """Gradient checkpointing: each decoder block's activations are recomputed in the backward pass. Done by
-    wrapping the block's bound ``forward`` on the instance, so parameter names (and state dicts) are unchanged."""
-    for block in net.layers:
-        block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
-
-
-def check_llama_run(run: LlamaRun, world: int = 1, fsdp: bool = False) -> PE:
-    """The run's PE, after checking every setting that needs no loading."""
-    for name in ("train_tokens", "batch_size", "micro_batch", "heldout_docs"):
-        if getattr(run, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(run, name)}")
-    if not 0 <= run.warmup <= 1 or (run.seq_len is not None and run.seq_len < 2):
-        raise ValueError(f"warmup must be in [0, 1] and seq_len >= 2, got {run.warmup}, {run.seq_len}")
+def prepare_llama_run(run: LlamaRun, world: int = 1) -> tuple[model_lib.Llama, object, torch.Tensor, list[str],
+                                                                  dict]:
+    """Check the run, then load: the model with the run's PE, its tokenizer, the training sequences, the held-out
+    texts, and the log's header (steps, seq_len, target_len = L' = s·L, original_len = L)."""
     if run.batch_size % (run.micro_batch * world):
         raise ValueError(f"batch_size ({run.batch_size}) must be a multiple of micro_batch × processes "
                          f"({run.micro_batch} × {world})")
-    if fsdp and not torch.cuda.is_available():
-        raise ValueError("--fsdp shards the model over GPUs (torchrun on CUDA devices); none is available, "
-                         "run without --fsdp for DDP or one process")
-    if run.text is not None:
-        read_documents([run.text])
-    return run.pe_settings()
-
-
-def _llama_setup(run: LlamaRun, pe: PE) -> tuple[model_lib.Llama, object, torch.Tensor, list[str], dict]:
-    """The model with the run's PE, its tokenizer, the packed training sequences, the held-out texts, and the
-    log's header (steps, seq_len, target_len = L' = s·L, original_len = L)."""
+    pe = PE.parse(run.pe, original_len=run.original_len, alpha=run.alpha, beta=run.beta)
+    texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents())]
     net, tokenizer = model_lib.load_llama(run.model, pe), model_lib.load_tokenizer(run.model)
     target_len = math.ceil(pe.factor * net.train_len)
     seq_len = run.seq_len or target_len
-    if not 2 <= seq_len <= target_len:
-        raise ValueError(f"seq_len must be in [2, s·L = {target_len}], got {seq_len}")
     steps = run.train_tokens // (run.batch_size * seq_len)
-    if steps < 1:
-        raise ValueError(f"train_tokens must be >= batch_size × seq_len = {run.batch_size * seq_len} (one step), "
-                         f"got {run.train_tokens}")
-    texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents())]
+    if not 2 <= seq_len <= target_len or steps < 1:
+        raise ValueError(f"seq_len must be in [2, s·L = {target_len}] and train_tokens >= batch_size × seq_len "
+                         f"(one step), got {seq_len}, {run.train_tokens}")
     train, heldout = llama_data(texts, tokenizer, seq_len, run.heldout_docs, run.heldout_min_tokens or target_len,
                                 run.seed)
-    log = {"run": dataclasses.asdict(run), "steps": steps, "seq_len": seq_len, "target_len": target_len,
-           "original_len": net.train_len, "history": [], "done": False}
-    return net, tokenizer, train, heldout, log
+    return net, tokenizer, train, heldout, {"run": dataclasses.asdict(run), "steps": steps, "seq_len": seq_len,
+                                            "target_len": target_len, "original_len": net.train_len, "done": False}
 
 
-def _distribute(net: model_lib.Llama, run: LlamaRun, dev: torch.device, world: int, fsdp: bool) -> torch.nn.Module:
+def distribute(net: model_lib.Llama, dev: torch.device, world: int, fsdp: bool) -> torch.nn.Module:
     """The loss module the training loop calls: plain, DDP-wrapped, or FSDP2-sharded (nanoGPT's few lines)."""
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
-    net.to(dev).train()
-    if run.grad_checkpointing:
-        checkpoint_blocks(net)
-    lm = CausalLMLoss(net, checkpoint=run.grad_checkpointing)
+    lm = CausalLMLoss(net.to(dev).train())
     if fsdp:  # shard every block, then the root group (embeddings, final norm, head)
         from torch.distributed.fsdp import fully_shard
         for block in net.layers:
@@ -710,41 +631,66 @@ def _distribute(net: model_lib.Llama, run: LlamaRun, dev: torch.device, world: i
     return lm
 
 
-# Full (unsharded) state dicts keyed by parameter name: the same checkpoint serves 1 process, DDP and FSDP.
-_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fsdp: bool = False,
+                   save_every: int = 20, stop_after: int | None = None) -> dict:
+    """Fine-tune a LLaMA whose PE is replaced by ``run.pe`` (Sec. 6.2.1, App. C.2); resumable.
 
-
-def _llama_resume(path: Path, meta: dict, net, opt, sched, dev: torch.device) -> tuple[int, float, list]:
-    """(step, elapsed seconds, history) of the checkpoint at ``path``, loaded into net/opt/sched; (0, 0, [])."""
-    if not path.exists():
-        return 0, 0.0, []
-    state = load_checkpoint(path)
-    if state.get("meta") != meta:
-        raise ValueError(f"{path.parent} holds a run with other settings; remove it or use another --out")
-    set_model_state_dict(net, state["model"], options=_FULL_STATE)
-    set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL_STATE)
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_torch"])
-    if dev.type == "cuda" and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"], dev)
-    return state["step"], state["elapsed_s"], state["history"]
-
-
-def _llama_save(path: Path, meta: dict, net, opt, sched, dev, step: int, log: dict, rank: int) -> None:
-    model_sd = get_model_state_dict(net, options=_FULL_STATE)  # collectives under FSDP: every rank gathers
-    opt_sd = get_optimizer_state_dict(net, opt, options=_FULL_STATE)
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (CUDA only). Rank r of
+    R takes the r-th of R equal slices of each global batch, so a step's gradient is the same mean as in one
+    process. ``out`` receives ``ckpt.pt`` (every ``save_every`` steps and at the end; the step is the data
+    position), ``log.json`` (every step), ``heldout.jsonl`` (for ``evaluate.py perplexity --text``) and, once
+    done, ``model/``: an HF directory (``model.save_llama``). ``stop_after``: at most this many steps in this call
+    (as if killed). Returns the log.
+    """
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
+    if fsdp and not torch.cuda.is_available():
+        raise ValueError("--fsdp shards the model over GPUs (torchrun on CUDA devices); none is available")
+    dev = torch.device(device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"))
+    net, tokenizer, train, heldout, log = prepare_llama_run(run, world)
+    torch.manual_seed(run.seed)
+    net.gradient_checkpointing = run.grad_checkpointing
+    lm = distribute(net, dev, world, fsdp)
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
+                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=run.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(max(1, math.ceil(run.warmup * log["steps"]))))
+    state = resume_training(Path(out) / "ckpt.pt", log["run"], net, opt, sched)
+    first, log["history"], elapsed = state.get("step", 0), state.get("history", []), state.get("elapsed_s", 0.0)
     if rank == 0:
-        state = {"meta": meta, "step": step, "elapsed_s": log["history"][-1]["elapsed_s"],
-                 "history": log["history"], "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-                 "rng_torch": torch.get_rng_state(),
-                 **({"rng_cuda": torch.cuda.get_rng_state(dev)} if dev.type == "cuda" else {})}
-        atomic_write(path, lambda p: torch.save(state, p))
+        atomic_write(Path(out) / "heldout.jsonl", lambda p: Path(p).write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in heldout)))
+    last, t_call, tokens = log["steps"] if stop_after is None else min(log["steps"], first + stop_after), \
+        time.perf_counter(), run.batch_size * log["seq_len"]
+    for step in range(first, last):
+        t0, idx = time.perf_counter(), batch_indices(step, run.batch_size, len(train), run.seed)
+        loss, lr = _llama_step(lm, opt, sched, train, idx.chunk(world)[rank].split(run.micro_batch), dev, fsdp)
+        elapsed += time.perf_counter() - t0
+        log["history"].append({"step": step + 1, "loss": loss, "lr": lr, "tokens": (step + 1) * tokens,
+                               "tok_s": tokens / (time.perf_counter() - t0), "elapsed_s": elapsed})
+        if (step + 1) % save_every == 0 or step + 1 == log["steps"]:
+            save_training(Path(out) / "ckpt.pt", log["run"], net, opt, sched, rank, step=step + 1,
+                          elapsed_s=elapsed, history=log["history"])
+        if rank == 0:
+            write_json(Path(out) / "log.json", log)
+            progress(f"step {step + 1}/{log['steps']}  loss {loss:.3f}  tok/s {log['history'][-1]['tok_s']:.0f}",
+                     step + 1 - first, last - first, time.perf_counter() - t_call)
+    if len(log["history"]) == log["steps"]:
+        full = get_model_state_dict(net, options=_FULL_STATE)  # a collective under FSDP
+        log["done"] = True
+        if rank == 0:
+            final = model_lib.Llama(net.config, net.pe)  # a plain CPU copy: no DDP/FSDP wrapping, no hooks
+            final.load_state_dict(full)
+            model_lib.save_llama(final, Path(out) / "model", tokenizer)
+            write_json(Path(out) / "log.json", log)
+    if world > 1:
+        torch.distributed.barrier()
+    return log
 
 
 def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, ...], dev: torch.device,
-                fsdp: bool, world: int) -> tuple[float, float]:
-    """One optimiser step over this rank's micro-batches of sequence indices: (mean loss, learning rate)."""
-    loss_sum = torch.zeros((), device=dev)
+                fsdp: bool) -> tuple[float, float]:
+    """One optimiser step over this rank's micro-batches of sequence indices: (mean loss over ranks, lr)."""
+    loss_sum, world = torch.zeros((), device=dev), int(os.environ.get("WORLD_SIZE", 1))
     for k, mb in enumerate(micro):
         if fsdp:  # reduce gradients once per step, not per micro-batch
             lm.set_requires_gradient_sync(k == len(micro) - 1)
@@ -758,66 +704,9 @@ def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, 
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
-    if world > 1:  # the mean loss over ranks, for the log
+    if world > 1:
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / world, lr
-
-
-def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fsdp: bool = False,
-                   save_every: int = 20, stop_after: int | None = None, progress: bool = True) -> dict:
-    """Fine-tune a LLaMA whose PE is replaced by ``run.pe`` (Sec. 6.2.1, App. C.2); resumable.
-
-    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (CUDA only). Rank r of
-    R takes the r-th of R equal slices of each global batch, so a step's gradient is the same mean as in one
-    process. ``out`` receives ``ckpt.pt`` (model, optimiser, scheduler, step = data position, RNG; atomic, every
-    ``save_every`` steps and at the end), ``log.json`` (every step), ``heldout.jsonl`` (the held-out documents,
-    for ``evaluate.py perplexity --text``) and, once done, ``model/``: an HF directory (``model.save_llama``). A
-    run whose ``ckpt.pt`` exists resumes from it and, on CPU, ends bit-identical to an uninterrupted run.
-    ``stop_after``: run at most this many steps in this call (as if killed after them). Returns the log.
-    """
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("LOCAL_RANK", 0),
-                                                                       ("WORLD_SIZE", 1)))  # set by torchrun
-    pe, out, meta = check_llama_run(run, world, fsdp), Path(out), dataclasses.asdict(run)
-    dev = torch.device(device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
-    net, tokenizer, train, heldout, log = _llama_setup(run, pe)
-    torch.manual_seed(run.seed)
-    lm = _distribute(net, run, dev, world, fsdp)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=run.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(max(1, math.ceil(run.warmup * log["steps"]))))
-    step, elapsed, log["history"] = _llama_resume(out / "ckpt.pt", meta, net, opt, sched, dev)
-    if rank == 0:
-        atomic_write(out / "heldout.jsonl", lambda p: Path(p).write_text(
-            "".join(json.dumps({"text": t}) + "\n" for t in heldout)))
-    per_rank, t_call, first = run.batch_size // world, time.perf_counter(), step
-    tokens = run.batch_size * log["seq_len"]
-    while step < (log["steps"] if stop_after is None else min(log["steps"], step + stop_after)):
-        t0 = time.perf_counter()
-        idx = batch_indices(step, run.batch_size, train.shape[0], run.seed)[rank * per_rank:(rank + 1) * per_rank]
-        loss, lr = _llama_step(lm, opt, sched, train, idx.split(run.micro_batch), dev, fsdp, world)
-        step, elapsed = step + 1, elapsed + time.perf_counter() - t0
-        log["history"].append({"step": step, "loss": loss, "lr": lr, "tokens": step * tokens,
-                               "tok_s": tokens / (time.perf_counter() - t0), "elapsed_s": elapsed})
-        if step % save_every == 0 or step == log["steps"]:
-            _llama_save(out / "ckpt.pt", meta, net, opt, sched, dev, step, log, rank)
-        if rank == 0:
-            write_json(out / "log.json", log)
-        if rank == 0 and progress:
-            eta = (time.perf_counter() - t_call) / (step - first) * (log["steps"] - step)
-            print(f"step {step}/{log['steps']}  loss {loss:.3f}  tok/s {log['history'][-1]['tok_s']:.0f}  "
-                  f"elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
-    if step == log["steps"]:
-        full = get_model_state_dict(net, options=_FULL_STATE)  # a collective under FSDP
-        log["done"] = True
-        if rank == 0:
-            final = model_lib.Llama(net.config, net.pe)  # a plain CPU copy: no DDP/FSDP wrapping, no hooks
-            final.load_state_dict(full)
-            model_lib.save_llama(final, out / "model", tokenizer)
-            write_json(out / "log.json", log)
-    if world > 1:
-        torch.distributed.barrier()
-    return log
 
 
 def cmd_llama(args: argparse.Namespace) -> int:
@@ -825,10 +714,9 @@ def cmd_llama(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "llama" / run.pe.replace(":", "-s")
     log = finetune_llama(run, out, device=args.device, fsdp=args.fsdp, save_every=args.save_every)
     if int(os.environ.get("RANK", 0)) == 0:
-        last = log["history"][-1] if log["history"] else {}
+        last = log["history"][-1]
         print(f"{run.pe}: {log['steps']} steps of {run.batch_size} × {log['seq_len']} tokens, final loss "
-              f"{last.get('loss', math.nan):.3f}, wall {fmt_s(last.get('elapsed_s', 0.0))}; model in "
-              f"{Path(out) / 'model'}, held-out text in {Path(out) / 'heldout.jsonl'}")
+              f"{last['loss']:.3f}, wall {fmt_s(last['elapsed_s'])}; model and held-out text in {out}")
     return 0
 
 
@@ -841,32 +729,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=5549)
     add_posgen_args(p)
     p.set_defaults(func=cmd_posgen)
-
-    d, count = LlamaRun(), number(int, 1)
     p = sub.add_parser("llama", help="fine-tune a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2); resumable; "
-                                     "data-parallel under torchrun")
-    p.add_argument("--model", default=d.model, help="HF directory, .gguf file or 'smollm2' (default)")
-    p.add_argument("--pe", default=d.pe, type=lambda s: str(PE.parse(s)), help=f"[res_]METHOD[:FACTOR] (default {d.pe})")
-    p.add_argument("--original-len", type=count, help="L (default: the checkpoint's context length)")
-    p.add_argument("--alpha", type=number(float, 0), default=d.alpha, help="YaRN's α (default 1)")
-    p.add_argument("--beta", type=number(float, 0), default=d.beta, help="YaRN's β (default 32)")
-    p.add_argument("--seq-len", type=number(int, 2), help="training length (default: the target s·L)")
-    p.add_argument("--train-tokens", type=count, default=d.train_tokens,
-                   help=f"token budget; steps = train_tokens // (batch_size · seq_len) (default {d.train_tokens})")
-    p.add_argument("--batch-size", type=count, default=d.batch_size,
-                   help=f"sequences per optimiser step over all processes (default {d.batch_size})")
-    p.add_argument("--micro-batch", type=count, default=d.micro_batch,
-                   help="sequences per forward pass; the rest is gradient accumulation (default 1)")
-    p.add_argument("--lr", type=number(float, 0), default=d.lr, help=f"AdamW learning rate (default {d.lr:g})")
-    p.add_argument("--weight-decay", type=number(float, 0), default=d.weight_decay)
-    p.add_argument("--warmup", type=number(float, 0, 1), default=d.warmup, help="warm-up share (default 0.05)")
-    p.add_argument("--text", help="training text: .txt or .jsonl (a 'text' field per line, as PG19) (default: "
-                                  "Python's standard library)")
-    p.add_argument("--heldout-docs", type=count, default=d.heldout_docs,
-                   help=f"documents held out of training for evaluation (default {d.heldout_docs})")
-    p.add_argument("--heldout-min-tokens", type=count, help="minimum length of a held-out document (default s·L)")
-    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=d.seed)
-    p.add_argument("--no-grad-checkpointing", dest="grad_checkpointing", action="store_false")
+                                     "data-parallel under torchrun; options: the fields of LlamaRun")
+    count, positive = number(int, 1), number(float, 0)
+    types = {"pe": lambda s: str(PE.parse(s)), "original_len": count, "alpha": positive, "beta": positive,
+             "seq_len": number(int, 2), "train_tokens": count, "batch_size": count, "micro_batch": count,
+             "lr": positive, "weight_decay": positive, "warmup": number(float, 0, 1), "heldout_docs": count,
+             "heldout_min_tokens": count, "seed": number(int, 0, 2**32 - 1)}
+    for f in dataclasses.fields(LlamaRun):
+        if f.name == "grad_checkpointing":
+            p.add_argument("--no-grad-checkpointing", dest=f.name, action="store_false")
+        else:
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=types.get(f.name), default=f.default,
+                           help=f"default {f.default}")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (torchrun on GPUs)")
     p.add_argument("--save-every", type=count, default=20, help="checkpoint every this many steps (default 20)")
     p.add_argument("--out", type=path_for("dir"), help="run directory (default runs/llama/<pe>)")

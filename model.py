@@ -5,6 +5,7 @@ from-scratch LLaMA with its checkpoint loaders (Sec. 6.2, App. C.2). Position en
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import json
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+import torch.utils.checkpoint
 from torch import nn
 
 import resonance
@@ -335,11 +337,12 @@ class LlamaBlock(nn.Module):
 class Llama(nn.Module):
     """LLaMA with a swappable PE: ``Llama(config, pe)``; ``forward(input_ids)`` gives logits (B, T, vocab).
 
-    The cos/sin tables are non-persistent float32 buffers from ``resonance.rope_cos_sin`` (YaRN's mscale in them,
-    so q and k get it once each), grown on demand and sliced ``[start : start + T]``: that keeps KV-cache decoding
-    right. Dynamic NTK: a chunk at positions [start, start + T) gets a table for L_c = start + T (plain RoPE while
-    L_c ≤ L); cached keys keep the rotation they were computed with, as in HF's "dynamic". One forward without a
-    cache (the perplexity evaluation) is exactly the paper's s = L_c/L for the whole sequence.
+    The cos/sin tables are derived from the PE for each forward, as HF's rotary embedding does (``rope_tables``:
+    an exact ``resonance.rope_cos_sin`` table costs little next to the forward; YaRN's mscale is in it, so q and k
+    get it once each). Nothing PE-related is in the state dict. Dynamic NTK: a chunk at positions
+    [start, start + T) gets a table for L_c = start + T (plain RoPE while L_c ≤ L); cached keys keep the rotation
+    they were computed with, as in HF's "dynamic". One forward without a cache (the perplexity evaluation) is
+    exactly the paper's s = L_c/L for the whole sequence.
     """
 
     def __init__(self, config: LlamaConfig, pe: PE | None = None):
@@ -351,9 +354,8 @@ class Llama(nn.Module):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        self.register_buffer("rope_cos", torch.empty(0), persistent=False)
-        self.register_buffer("rope_sin", torch.empty(0), persistent=False)
-        self.set_pe(pe or pe_from_rope_scaling(config.rope_scaling))
+        self.gradient_checkpointing = False  # set by fine-tuning: trade compute for activation memory
+        self.pe = pe or pe_from_rope_scaling(config.rope_scaling)
 
     @property
     def train_len(self) -> int:
@@ -363,29 +365,13 @@ class Llama(nn.Module):
     def set_pe(self, pe: PE) -> None:
         """Switch to another position encoding: only the cos/sin tables change, never a weight."""
         self.pe = pe
-        self._build_tables(self.config.max_position_embeddings)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)  # .to(dtype) would round the tables too: rebuild them in float32 instead
-        self._build_tables(self.rope_cos.shape[0])
-        return self
-
-    def _tables(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Dynamic NTK's stored table is the one for L_c ≤ L (plain RoPE); a longer input builds its own
-        theta, mscale = self.pe.inv_freq(self.config.head_dim, self.config.rope_theta, self.train_len, end)
-        return [t.to(self.embed_tokens.weight.device) for t in
-                resonance.rope_cos_sin(theta, torch.arange(start, end), mscale)]
-
-    def _build_tables(self, length: int) -> None:
-        self.rope_cos, self.rope_sin = self._tables(0, length)
 
     def rope_tables(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (T, d_h/2) for positions start … start+T−1."""
-        if self.pe.method == "dynamic_ntk" and start + T > self.train_len:
-            return self._tables(start, start + T)
-        if start + T > self.rope_cos.shape[0]:
-            self._build_tables(max(start + T, 2 * self.rope_cos.shape[0]))
-        return self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        """cos, sin (T, d_h/2), float32, for positions start … start+T−1: rows [start : start+T] of the PE's table
+        (that slice keeps KV-cache decoding right). Dynamic NTK's table is the one for L_c = start + T."""
+        theta, mscale = self.pe.inv_freq(self.config.head_dim, self.config.rope_theta, self.train_len, start + T)
+        cos, sin = resonance.rope_cos_sin(theta, torch.arange(start, start + T), mscale)
+        return cos.to(self.embed_tokens.weight.device), sin.to(self.embed_tokens.weight.device)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Final-norm hidden states (B, T, d) of ``input_ids`` (B, T); with a cache, they continue it."""
@@ -394,7 +380,10 @@ class Llama(nn.Module):
         cos, sin = self.rope_tables(0 if cache is None else cache.pos, input_ids.shape[1])
         x = self.embed_tokens(input_ids)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, cache, i)
+            if self.gradient_checkpointing and self.training:  # recompute the block's activations in backward
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, i)
         if cache is not None:
             cache.pos += input_ids.shape[1]
         return self.norm(x)
@@ -405,11 +394,17 @@ class Llama(nn.Module):
 
     def token_nll(self, input_ids: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
         """−log p(x_{t+1} | x_≤t) for t = 0 … T−2, shape (B, T−1), float32. The vocabulary projection goes
-        ``chunk`` positions at a time: a 16K context never holds 16K × vocab logits (3.2 GB for SmolLM2)."""
+        ``chunk`` positions at a time (recomputed in backward under gradient checkpointing): a 16K context never
+        holds 16K × vocab logits (3.2 GB for SmolLM2)."""
         h, target = self.hidden_states(input_ids)[:, :-1], input_ids[:, 1:]
-        return torch.cat([F.cross_entropy(self.lm_head(h[:, i:i + chunk]).float().transpose(1, 2),
-                                          target[:, i:i + chunk], reduction="none")
-                          for i in range(0, target.shape[1], chunk)], dim=1)
+
+        def nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(self.lm_head(h).float().transpose(1, 2), t, reduction="none")
+
+        if self.gradient_checkpointing and self.training:
+            nll = functools.partial(torch.utils.checkpoint.checkpoint, nll, use_reentrant=False)
+        return torch.cat([nll(h[:, i:i + chunk], target[:, i:i + chunk]) for i in range(0, target.shape[1], chunk)],
+                         dim=1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
