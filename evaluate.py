@@ -557,7 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
     p.set_defaults(func=cmd_speed)
+    _add_posgen_commands(sub)
+    _add_llama_commands(sub)
+    return parser
 
+
+def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("posgen", help="test one trained PosGen run: ID, OOD and per-position accuracy")
     p.add_argument("--checkpoint", help="a run directory or its ckpt.pt (else give --task and --pe)")
     p.add_argument("--task", choices=posgen.TASKS)
@@ -579,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/fig1.png", type=ft.path_for("file"))
     p.set_defaults(func=cmd_fig1)
 
+
+def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("perplexity", help="LLaMA perplexity vs context length for several PEs (no fine-tuning)")
     _add_llama_args(p, LLAMA_DEFAULT_PES, [2048, 4096, 8192, 16384])
     p.add_argument("--text", nargs="+", metavar="FILE", help=".txt or .jsonl (a 'text' field) documents, e.g. "
@@ -609,7 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--png", default="results/finetune_smollm2.png", type=ft.path_for("file"), help="'' for none")
     p.add_argument("--device", default=ft.default_device(), type=ft.device)
     p.set_defaults(func=cmd_llama_compare)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,13 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint import state_dict as dcp
 
 import model as model_lib
 import posgen
@@ -134,17 +128,15 @@ def read_json(path: str | Path, what: str) -> dict:
 
 
 # Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.
-_FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+_FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def save_training(path: Path, meta: dict, net, opt, sched, rank: int = 0, **extra) -> None:
     """Checkpoint a run atomically: model, optimizer, scheduler, torch (and CUDA) RNG, and ``extra`` fields.
     Under FSDP every rank gathers the full state (a collective); rank 0 writes it."""
-    model_sd, opt_sd = get_model_state_dict(net, options=_FULL_STATE), get_optimizer_state_dict(net, opt,
-                                                                                                options=_FULL_STATE)
-    cuda = {"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}
-    state = {"meta": meta, "model": model_sd, "optimizer": opt_sd, "scheduler": sched.state_dict(),
-             "rng_torch": torch.get_rng_state(), **cuda, **extra}
+    state = {"meta": meta, "model": dcp.get_model_state_dict(net, options=_FULL), "rng_torch": torch.get_rng_state(),
+             "optimizer": dcp.get_optimizer_state_dict(net, opt, options=_FULL), "scheduler": sched.state_dict(),
+             **({"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}), **extra}
     if rank == 0:
         atomic_write(path, lambda p: torch.save(state, p))
 
@@ -154,8 +146,8 @@ def resume_training(path: Path, meta: dict, net, opt, sched) -> dict:
     if not path.exists():
         return {}
     state = load_checkpoint(path, meta)
-    set_model_state_dict(net, state["model"], options=_FULL_STATE)
-    set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL_STATE)
+    dcp.set_model_state_dict(net, state["model"], options=_FULL)
+    dcp.set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL)
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng_torch"])
     if torch.cuda.is_available() and "rng_cuda" in state:
@@ -285,9 +277,8 @@ def training_run_pe(pe: str, protocol: str) -> str:
 
 
 def pes_sharing(pe: str, protocol: str) -> list[str]:
-    """Every row trained by the training run of ``pe`` (its own row first)."""
-    own = training_run_pe(pe, protocol)
-    return [own] + [p for p in PE_NAMES if p != own and training_run_pe(p, protocol) == own]
+    """Every row trained by the training run of ``pe``, its own row first (PE_NAMES lists RoPE rows first)."""
+    return [p for p in PE_NAMES if training_run_pe(p, protocol) == training_run_pe(pe, protocol)]
 
 
 def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -420,12 +411,9 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[mod
     """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
     own row; any row sharing the training run), and its checkpoint dict."""
     path = Path(path) / "ckpt.pt" if Path(path).is_dir() else Path(path)
-    if not path.exists():
-        r = read_json(path.parent / "result.json", "a run") if (path.parent / "result.json").is_file() else {}
-        if r.get("trained_as", r.get("pe")) != r.get("pe"):  # a YaRN row under `code`: no checkpoint of its own
-            raise FileNotFoundError(f"no checkpoint at {path}: the {r['pe']} row was trained as {r['trained_as']}; "
-                                    f"give that run's directory and --pe {r['pe']}")
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not path.exists():  # e.g. a YaRN row under `code`, which has no training run of its own
+        raise FileNotFoundError(f"no checkpoint at {path} (a row trained as another row's run: give that run's "
+                                "directory and the row as --pe)")
     state = load_checkpoint(path)
     meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["protocol"])
     if (pe or meta["pe"]) not in rows:
@@ -675,7 +663,7 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
             progress(f"step {step + 1}/{log['steps']}  loss {loss:.3f}  tok/s {log['history'][-1]['tok_s']:.0f}",
                      step + 1 - first, last - first, time.perf_counter() - t_call)
     if len(log["history"]) == log["steps"]:
-        full = get_model_state_dict(net, options=_FULL_STATE)  # a collective under FSDP
+        full = dcp.get_model_state_dict(net, options=_FULL)  # a collective under FSDP
         log["done"] = True
         if rank == 0:
             final = model_lib.Llama(net.config, net.pe)  # a plain CPU copy: no DDP/FSDP wrapping, no hooks

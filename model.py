@@ -27,13 +27,10 @@ from resonance import PE
 # ======================================== TinyTransformer (PosGen) ========================================
 # The two-layer model of Sec. 6.1.1 / App. C.1: T5-small layers (d_model 512, 8 heads × 64, ReLU FFN 2048,
 # RMSNorm pre-norm, dropout 0.1, no biases) stacked decoder-only with causal attention, RoPE on all 64 dims of
-# every head (32 features, b = 10000).
-#
-# Positions. A sequence x_0 … x_{T−1} is fed behind a start token S: the input [S, x_0, …, x_{T−2}] occupies
-# positions 0 … T−1 and position i predicts x_i (data token x_i itself sits at position i+1). Training on
-# L = 64 tokens uses positions 0 … L−1; testing on L' = 256 tokens uses 0 … L'−1. "ID" predictions are those
-# at positions j+k … L−1, "OOD" ones at L … L'−1: the paper's L and L'. (The authors' harness counts S in the
-# length, hence its 65 and 257.)
+# every head (32 features, b = 10000). A sequence x_0 … x_{T−1} is fed behind a start token S: the input
+# [S, x_0, …, x_{T−2}] occupies positions 0 … T−1 and position i predicts x_i. "ID" predictions are those at
+# positions j+k … L−1, "OOD" ones at L … L'−1: the paper's L = 64 and L' = 256 (the authors' harness counts S
+# in the length, hence its 65 and 257).
 
 @dataclasses.dataclass
 class TinyConfig:
@@ -50,14 +47,10 @@ class TinyConfig:
     def __post_init__(self):
         if isinstance(self.pe, dict):  # rebuilt from a checkpoint's plain-dict config
             self.pe = PE(**self.pe)
-        for name in ("vocab_size", "n_layer", "d_model", "n_head", "d_ff", "max_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.vocab_size, self.n_layer, self.n_head, self.d_ff, self.max_len) < 1 or not 0 <= self.dropout < 1:
+            raise ValueError(f"sizes must be >= 1 and dropout in [0, 1), got {self}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
-            raise ValueError(f"d_model must be n_head × an even head dimension, got d_model={self.d_model}, "
-                             f"n_head={self.n_head}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ValueError(f"d_model must be n_head × an even head dimension, got {self.d_model}, {self.n_head}")
 
     @property
     def head_dim(self) -> int:
@@ -114,12 +107,10 @@ class TinyBlock(nn.Module):
 class TinyTransformer(nn.Module):
     """The PosGen model (Sec. 6.1.1): decoder-only, T5-small layers, RoPE-family position encoding.
 
-    Differences from the authors' T5 layers, by choice: attention logits are scaled by 1/√d (standard SDPA)
-    and weights start from N(0, 0.02) (GPT-2 style, residual projections by 1/√(2·n_layer)) instead of T5's
-    unscaled logits with Mesh-TF initialisation; the LM head is not tied to the embedding.
-
-    The cos/sin tables are non-persistent buffers derived from ``config.pe``; ``set_pe`` swaps them (e.g. to
-    train with RoPE and evaluate with YaRN), and a checkpoint load never overwrites them.
+    Differences from the authors' T5 layers, by choice: attention logits are scaled by 1/√d (standard SDPA),
+    weights start from N(0, 0.02) (GPT-2 style, residual projections by 1/√(2·n_layer)) instead of Mesh-TF's
+    initialisation, and the LM head is not tied. The cos/sin tables are non-persistent buffers derived from
+    ``config.pe``; ``set_pe`` swaps them (to train with RoPE and evaluate with YaRN, say).
     """
 
     def __init__(self, cfg: TinyConfig):
@@ -178,14 +169,12 @@ def pe_from_rope_scaling(rope_scaling: dict | None) -> PE:
     we would silently get wrong is an error."""
     d = {k: v for k, v in (rope_scaling or {}).items() if v is not None and k != "rope_theta"}  # HF 5 keeps b here
     rope_type = d.pop("rope_type", d.pop("type", "default"))
-    d.pop("type", None)
+    d.pop("type", None)  # HF 4.x configs may carry both spellings
     if rope_type not in HF_ROPE_TYPES:
         raise ValueError(f"rope_scaling type must be one of {sorted(HF_ROPE_TYPES)}, got {rope_type!r}")
-    method = HF_ROPE_TYPES[rope_type]
-    factor = float(d.pop("factor", 1.0))
-    kw = {"resonance": bool(d.pop("resonance", False)), "ramp": d.pop("ramp", "index"),
-          "factor": 1.0 if method == "rope" else factor,
-          "alpha": float(d.pop("beta_slow", 1.0)), "beta": float(d.pop("beta_fast", 32.0))}
+    method, factor = HF_ROPE_TYPES[rope_type], float(d.pop("factor", 1.0))
+    kw = {"resonance": bool(d.pop("resonance", False)), "ramp": d.pop("ramp", "index"), "factor": 1.0 if method ==
+          "rope" else factor, "alpha": float(d.pop("beta_slow", 1.0)), "beta": float(d.pop("beta_fast", 32.0))}
     original = d.pop("original_max_position_embeddings", None)
     if original is not None and method != "dynamic_ntk":  # HF's dynamic measures L_c against max_position_emb.
         kw["original_len"] = int(original)
@@ -254,10 +243,9 @@ class LlamaConfig:
         kw["rope_theta"] = params.get("rope_theta", kw.get("rope_theta", 10000.0))
         if params.get("rope_type", params.get("type", "default")) != "default" or params.get("resonance"):
             kw["rope_scaling"] = params
-        missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                               "num_attention_heads") if k not in kw]
+        missing = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"} - {*kw}
         if missing:
-            raise ValueError(f"config.json lacks {missing}")
+            raise ValueError(f"config.json lacks {sorted(missing)}")
         return cls(**kw)
 
 
@@ -296,11 +284,10 @@ class LlamaAttention(nn.Module):
         q, k = resonance.apply_rope(q, cos, sin), resonance.apply_rope(k, cos, sin)
         start, mask = (0 if cache is None else cache.pos), None
         if cache is not None:
-            k_all, v_all = cache.update(layer, k, v)
+            k, v = cache.update(layer, k, v)
             if start:  # a later chunk attends to the whole cache: is_causal would align it top-left
-                k, v = k_all, v_all
-                mask = torch.arange(start, start + T, device=x.device)[:, None] >= torch.arange(start + T,
-                                                                                                device=x.device)
+                pos = torch.arange(start + T, device=x.device)
+                mask = pos[start:, None] >= pos
         # enable_gqa lets SDPA share each k/v head among its query heads without a copy
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=self.n_kv != self.n_head)
