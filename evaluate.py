@@ -469,9 +469,9 @@ def passkey_filler_chars(tokenizer, length: int) -> int:
 
 def cmd_passkey(args: argparse.Namespace) -> int:
     """YaRN's passkey retrieval: greedy answers with the KV cache, correct if its first number is the key."""
+    llama, pes = _llama(args, max(args.lengths) + args.new_tokens)
     tokenizer = model_lib.load_tokenizer(args.model)
     fill = {n: passkey_filler_chars(tokenizer, n) for n in args.lengths}
-    llama, pes = _llama(args, max(args.lengths) + args.new_tokens)
     t0, results, done = time.perf_counter(), {}, 0
     total = len(pes) * len(args.depths) * args.trials * sum(args.lengths)  # work counted in tokens
     for spec, pe in pes.items():

@@ -103,7 +103,8 @@ def check_memory(nbytes: float, what: str) -> None:
     """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if nbytes > ram:
-        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's {ram / 2**30:.3g}")
+        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
+                         f"{ram / 2**30:.3g} GiB")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
