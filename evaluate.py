@@ -539,7 +539,7 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
 
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:
     p.add_argument("--model", default="smollm2", help="HF checkpoint directory, .gguf file or 'smollm2' (default)")
-    p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=lambda s: str(PE.parse(s)),
+    p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=ft.pe_spelling,
                    help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default: {' '.join(pes)})")
     p.add_argument("--original-length", type=ft.number(int, 1),
                    help="L, the trained context the scalings start from (default: the model's, 8192 for SmolLM2)")

@@ -85,6 +85,14 @@ def path_for(kind: str) -> Callable[[str], str]:
     return parse
 
 
+def pe_spelling(text: str) -> str:
+    """An argparse type: a PE spelled ``[res_]METHOD[:FACTOR]``, checked by ``PE.parse``; its spelling back."""
+    try:
+        return str(PE.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -599,8 +607,9 @@ def prepare_llama_run(run: LlamaRun, world: int = 1) -> tuple[model_lib.Llama, o
                          f"(one step), got {seq_len}, {run.train_tokens}")
     train, heldout = llama_data(texts, tokenizer, seq_len, run.heldout_docs, run.heldout_min_tokens or target_len,
                                 run.seed)
-    return net, tokenizer, train, heldout, {"run": dataclasses.asdict(run), "steps": steps, "seq_len": seq_len,
-                                            "target_len": target_len, "original_len": net.train_len, "done": False}
+    log = {"run": dataclasses.asdict(run), "steps": steps, "seq_len": seq_len, "target_len": target_len,
+           "original_len": net.train_len, "world_size": world, "done": False}
+    return net, tokenizer, train, heldout, log
 
 
 def distribute(net: model_lib.Llama, dev: torch.device, world: int, fsdp: bool) -> torch.nn.Module:
@@ -721,7 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("llama", help="fine-tune a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2); resumable; "
                                      "data-parallel under torchrun; options: the fields of LlamaRun")
     count, positive = number(int, 1), number(float, 0)
-    types = {"pe": lambda s: str(PE.parse(s)), "original_len": count, "alpha": positive, "beta": positive,
+    types = {"pe": pe_spelling, "original_len": count, "alpha": positive, "beta": positive,
              "seq_len": number(int, 2), "train_tokens": count, "batch_size": count, "micro_batch": count,
              "lr": positive, "weight_decay": positive, "warmup": number(float, 0, 1), "heldout_docs": count,
              "heldout_min_tokens": count, "seed": number(int, 0, 2**32 - 1)}

@@ -385,8 +385,8 @@ class Llama(nn.Module):
         holds 16K × vocab logits (3.2 GB for SmolLM2)."""
         h, target = self.hidden_states(input_ids)[:, :-1], input_ids[:, 1:]
 
-        def nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(self.lm_head(h).float().transpose(1, 2), t, reduction="none")
+        def nll(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # on (B·T, V) logits, as HF's loss
+            return F.cross_entropy(self.lm_head(h).float().flatten(0, 1), t.flatten(), reduction="none").view_as(t)
 
         if self.gradient_checkpointing and self.training:
             nll = functools.partial(torch.utils.checkpoint.checkpoint, nll, use_reentrant=False)
@@ -499,9 +499,10 @@ def _gguf_reader(path: str):
     return reader, field
 
 
-def _gguf_config(reader, field) -> LlamaConfig:
+def _gguf_config(reader, field, source: str) -> LlamaConfig:
     if field("general.architecture") != "llama":
-        raise ValueError(f"GGUF architecture must be 'llama', got {field('general.architecture')!r}")
+        raise ValueError(f"{source}: GGUF architecture must be 'llama', got "
+                         f"{field('general.architecture')!r}")
     heads, hidden = int(field("llama.attention.head_count")), int(field("llama.embedding_length"))
     head_dim = int(field("llama.attention.key_length", hidden // heads))
     if int(field("llama.rope.dimension_count", head_dim)) != head_dim:
@@ -561,12 +562,15 @@ def load_llama(path: str | os.PathLike, pe: str | PE | None = None, *, dtype: to
     if source.is_dir():
         if not (source / "config.json").is_file():
             raise FileNotFoundError(f"{source} has no config.json")
-        config = LlamaConfig.from_hf(_read_json(source / "config.json"))
+        try:
+            config = LlamaConfig.from_hf(_read_json(source / "config.json"))
+        except ValueError as e:
+            raise ValueError(f"{source / 'config.json'}: {e}") from None
         tensors = {k.removeprefix("model."): v for k, v in _hf_state_dict(source).items()
                    if not k.endswith("rotary_emb.inv_freq")}  # old checkpoints saved their RoPE table
     else:
         reader, field = _gguf_reader(str(source))
-        config = _gguf_config(reader, field)
+        config = _gguf_config(reader, field, str(source))
         tensors = _gguf_tensors(reader, config, str(source))
     own = pe_from_rope_scaling(config.rope_scaling)
     if pe is not None and pe.original_len is None:
