@@ -199,7 +199,7 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
     if state["epoch"] < p.epochs:
         print(f"note: the run is unfinished (epoch {state['epoch']}/{p.epochs})", file=sys.stderr)
-    r = ft.evaluate_posgen(net, ft.posgen_run(meta)[3]["test"], p)
+    r = ft.evaluate_posgen(net, ft.posgen_data(meta)["test"], p)
     print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, {meta['protocol']} protocol, "
           f"trained as {meta['pe']}, epoch {state['epoch']}); evaluated with {net.config.pe}\ntest loss "
           f"{r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) {100 * r['id_acc']:.2f}%   OOD acc "
@@ -411,21 +411,21 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
               "torch": torch.__version__, **perplexity(llama, keep, pes, lengths, stride, args.device)}
     ft.write_json(args.out, report)
     if args.png:
-        curves = {r["label"]: ({int(n): p for n, p in r["perplexity"].items()}, r["settings"]["resonance"])
-                  for r in report["results"].values()}
+        curves = {r["label"]: ({int(n): p for n, p in r["perplexity"].items()}, r["settings"]["resonance"], i)
+                  for i, r in enumerate(report["results"].values())}
         plot_lengths(curves, llama.train_len, "perplexity", f"{args.model}, no fine-tuning: {len(keep)} documents, "
                      f"{report['mode']}", args.png)
     return 0
 
 
-def plot_lengths(curves: dict[str, tuple[dict[int, float], bool]], train_len: int, ylabel: str, title: str,
+def plot_lengths(curves: dict[str, tuple[dict[int, float], bool, int]], train_len: int, ylabel: str, title: str,
                  path: str) -> None:
-    """Fig. 4's layout: a value vs context length, one line per label (dashed where the flag is set), L marked."""
+    """Fig. 4's layout: a value vs context length, one line per label (values, dashed?, colour index), L marked."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, (values, dashed)) in enumerate(curves.items()):
+    for label, (values, dashed, color) in curves.items():
         ax.plot(sorted(values), [values[n] for n in sorted(values)], "--" if dashed else "-", marker="o", label=label,
-                color=f"C{i // 2 if title.startswith('fine-tuning') else i}")
+                color=f"C{color}")
     ax.axvline(train_len, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log", base=2)
     ax.set(yscale="log", xlabel="context length (tokens); dotted: the trained context L", ylabel=ylabel)
@@ -526,7 +526,7 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
             row[when] = {int(n): p for n, p in report["results"][str(pe)]["perplexity"].items()}
             ft.write_json(d / f"perplexity_{when}.json", report)
             tag = "no FT" if when == "before" else f"FT@{log['seq_len']}"
-            curves[f"{row['label']}, {tag}"] = (row[when], when == "before")
+            curves[f"{row['label']}, {tag}"] = (row[when], when == "before", len(runs))
         runs.append(row)
         print(f"{row['label']:<22} " + "  ".join(f"{n}: {row['before'][n]:.3f} → {row['after'][n]:.3f}"
                                                  for n in sorted(row["after"])), flush=True)

@@ -333,16 +333,21 @@ def run_meta(task: str, pe: str, seed: int, preset: Preset, protocol: str) -> di
             "format": 2}
 
 
-def posgen_run(meta: dict) -> tuple[model_lib.TinyTransformer, PE, PE, dict[str, np.ndarray]]:
-    """The model of a run (holding the training table; vocabulary = modulus + a start token, positions
-    0 … L'−1), its (training, evaluation) PEs and its splits, seeded by the run's seed."""
+def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
+    """The model of a run, holding its training table (vocabulary = modulus + a start token, positions
+    0 … L'−1), and that training PE."""
     p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
-    train_pe, eval_pe = posgen_pes(meta["pe"], meta["protocol"], p.train_len, p.test_len)
+    train_pe = posgen_pes(meta["pe"], meta["protocol"], p.train_len, p.test_len)[0]
     cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head,
                                d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe)
-    splits = posgen.make_splits(meta["task"], p.n_train, p.n_val, p.n_test, p.train_len, p.test_len, p.j, p.k,
-                                p.modulus, seed=meta["seed"])
-    return model_lib.TinyTransformer(cfg), train_pe, eval_pe, splits
+    return model_lib.TinyTransformer(cfg), train_pe
+
+
+def posgen_data(meta: dict) -> dict[str, np.ndarray]:
+    """The run's train/val/test splits, seeded by the run's seed."""
+    p = meta["preset"]
+    return posgen.make_splits(meta["task"], p["n_train"], p["n_val"], p["n_test"], p["train_len"], p["test_len"],
+                              p["j"], p["k"], p["modulus"], seed=meta["seed"])
 
 
 def _validate(net, tables: dict[str, PE], train_pe: PE, seqs: np.ndarray, preset: Preset, dev) -> dict:
@@ -370,7 +375,7 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
     meta = run_meta(task, sharing[0], seed, preset, protocol)
     out = run_dir(runs_root, preset, protocol, task, sharing[0], seed)
     torch.manual_seed(seed)
-    net, train_pe, _, data = posgen_run(meta)
+    (net, train_pe), data = posgen_model(meta), posgen_data(meta)
     tables = {p: posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
     params = list(net.to(dev).parameters())
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": preset.weight_decay},
@@ -427,7 +432,7 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[mod
     meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["protocol"])
     if (pe or meta["pe"]) not in rows:
         raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, got {pe!r}")
-    net, _, _, _ = posgen_run(meta)
+    net = posgen_model(meta)[0]
     net.load_state_dict(state["model"])
     p = meta["preset"]
     net.set_pe(posgen_pes(pe or meta["pe"], meta["protocol"], p["train_len"], p["test_len"])[1])
@@ -453,7 +458,7 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", pr
     trained_as, state = training_run_pe(pe, protocol), train_posgen(task, pe, seed, preset, protocol, runs_root, device)
     t0 = time.perf_counter()
     net, _ = load_posgen_checkpoint(run_dir(runs_root, preset, protocol, task, trained_as, seed), pe)
-    test = evaluate_posgen(net.to(device), posgen_run(meta)[3]["test"], preset, device)
+    test = evaluate_posgen(net.to(device), posgen_data(meta)["test"], preset, device)
     test_s, train_s = time.perf_counter() - t0, state["elapsed_s"] if trained_as == pe else 0.0
     history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {}) for h in state["history"]]
     result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": preset.name,
