@@ -193,17 +193,17 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     """Test one trained run: ID / OOD / per-position teacher-forced accuracy on its test split."""
     if args.checkpoint is None and (args.task is None or args.pe is None):
         raise ValueError("give --checkpoint, or --task and --pe (with --preset, --protocol, --seed)")
-    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.PRESETS[args.preset], args.protocol, args.task,
-                                         ft.training_run_pe(args.pe, args.protocol), args.seed)
-    net, state = ft.load_posgen_checkpoint(path, args.pe)
+    harness = ft.harness_from_args(args)
+    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.PRESETS[args.preset], harness, args.task,
+                                         ft.training_run_pe(args.pe, harness.protocol), args.seed)
+    net, state = ft.load_posgen_checkpoint(path, args.pe, harness.select)
     meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
-    if state["epoch"] < p.epochs:
-        print(f"note: the run is unfinished (epoch {state['epoch']}/{p.epochs})", file=sys.stderr)
     r = ft.evaluate_posgen(net, ft.posgen_data(meta)["test"], p)
-    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, {meta['protocol']} protocol, "
-          f"trained as {meta['pe']}, epoch {state['epoch']}); evaluated with {net.config.pe}\ntest loss "
-          f"{r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) {100 * r['id_acc']:.2f}%   OOD acc "
-          f"(positions {p.train_len}-{p.test_len - 1}) {100 * r['ood_acc']:.2f}%\naccuracy (%) per position:")
+    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, harness {meta['harness']}, "
+          f"trained as {meta['pe']}, epoch {state['epoch']} of {p.epochs}, {harness.select}); evaluated with "
+          f"{net.config.pe}\ntest loss {r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) "
+          f"{100 * r['id_acc']:.2f}%   OOD acc (positions {p.train_len}-{p.test_len - 1}) {100 * r['ood_acc']:.2f}%"
+          "\naccuracy (%) per position:")
     for start in range(0, len(r["per_position"]), 16):
         cells = " ".join("   -" if a is None else f"{100 * a:4.0f}" for a in r["per_position"][start:start + 16])
         print(f"{start:>4}-{min(start + 15, len(r['per_position']) - 1):<4} {cells}")
@@ -212,34 +212,77 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def table1_summary(runs: list[dict]) -> dict:
-    """Per (task, PE): OOD and ID accuracy in %, mean and population variance over seeds, and whether the
-    cell is comparable (mean ID accuracy ≥ 95%: the model learned the rule, so its OOD number measures the PE)."""
+    """Per (task, PE): OOD and ID accuracy in %, per seed and as mean ± std over seeds (with the variance), and
+    whether the cell is comparable (mean ID accuracy ≥ 95%: the model learned the rule, so OOD measures the PE)."""
     out: dict = {}
     for task, pe in dict.fromkeys((r["task"], r["pe"]) for r in runs):
-        ood, acc = (np.array([100 * r[k] for r in runs if (r["task"], r["pe"]) == (task, pe)])
-                    for k in ("ood_acc", "id_acc"))
-        out.setdefault(task, {})[pe] = {"n": len(ood), "ood_mean": float(ood.mean()), "ood_var": float(ood.var()),
-                                        "id_mean": float(acc.mean()), "id_var": float(acc.var()),
-                                        "comparable": bool(acc.mean() >= 100 * ft.LEARNED_ID_ACC)}
+        cell = sorted((r for r in runs if (r["task"], r["pe"]) == (task, pe)), key=lambda r: r["seed"])
+        ood, acc = ([100 * r[k] for r in cell] for k in ("ood_acc", "id_acc"))
+        (ood_mean, ood_std), (id_mean, id_std) = _mean_std(ood), _mean_std(acc)
+        out.setdefault(task, {})[pe] = {"n": len(ood), "seeds": [r["seed"] for r in cell], "ood": ood, "id": acc,
+                                        "ood_mean": ood_mean, "ood_std": ood_std, "ood_var": float(np.var(ood)),
+                                        "id_mean": id_mean, "id_std": id_std,
+                                        "comparable": bool(id_mean >= 100 * ft.LEARNED_ID_ACC)}
     return out
 
 
+def paired_differences(summary: dict) -> dict:
+    """Per task: Res. RoPE − RoPE and Res. YaRN − YaRN in OOD points, seed by seed (same seed, same data), with
+    their mean ± std; only for seeds both rows ran."""
+    out: dict = {}
+    for task, cells in summary.items():
+        for base in ("rope", "yarn"):
+            a, b = cells.get("res_" + base), cells.get(base)
+            common = sorted(set(a["seeds"]) & set(b["seeds"])) if a and b else []
+            diff = [a["ood"][a["seeds"].index(s)] - b["ood"][b["seeds"].index(s)] for s in common]
+            if diff:
+                mean, std = _mean_std(diff)
+                out.setdefault(task, {})[f"res_{base}-{base}"] = {
+                    "seeds": common, "diff": diff, "mean": mean, "std": std,
+                    "comparable": a["comparable"] and b["comparable"]}
+    return out
+
+
+def verdict(task: str, cells: dict, diffs: dict) -> str:
+    """One plain sentence on what a task's rows show."""
+    unlearned = [TABLE1_PES[pe] for pe, c in cells.items() if not c["comparable"]]
+    if unlearned:
+        return f"{TABLE1_TASKS[task]}: not learned (ID < 95 %) by {', '.join(unlearned)}: no comparison."
+    parts = []
+    for key, d in diffs.items():
+        n, se = len(d["diff"]), d["std"] / len(d["diff"]) ** 0.5
+        claim = ("1 seed: not a claim" if n == 1 else "within 2 standard errors of 0: not separated"
+                 if abs(d["mean"]) <= 2 * se else "Resonance ahead" if d["mean"] > 0 else "Resonance behind")
+        res, base = key.split("-")
+        parts.append(f"{TABLE1_PES[res]} − {TABLE1_PES[base]} = {d['mean']:+.1f} ± {d['std']:.1f} points ({n} "
+                     f"seed{'s' if n > 1 else ''}: {claim})")
+    return f"{TABLE1_TASKS[task]}: " + "; ".join(parts) + "."
+
+
 def format_table1(summary: dict, title: str) -> str:
-    """Table 1 as a Markdown table: per task, our OOD accuracy (mean ± variance over seeds, or "n/c" where the
-    model did not learn the rule, ID < 95 %), our ID accuracy, and the paper's OOD accuracy."""
-    tasks = [t for t in TABLE1_TASKS if t in summary]
-    lines = [title, "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper" for t in tasks) + " |",
+    """Table 1 as a Markdown table: per task, our OOD accuracy (mean ± std over seeds, or "n/c" where the model
+    did not learn the rule, ID < 95 %), our ID accuracy, and the paper's OOD mean (variance); then a sentence
+    per task on the paired Res. − base differences."""
+    tasks, diffs = [t for t in TABLE1_TASKS if t in summary], paired_differences(summary)
+    lines = [title, "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper (var)" for t in tasks) + " |",
              "|---" * (1 + 2 * len(tasks)) + "|"]
     for pe, name in TABLE1_PES.items():
         cells = []
         for t in tasks:
             c = summary[t].get(pe)
-            ours = "not run" if c is None else f"{c['ood_mean']:.2f} ± {c['ood_var']:.2f}" if c["comparable"] else "n/c"
-            cells += [ours + ("" if c is None else f" ({c['id_mean']:.2f})"), f"{PAPER_TABLE1[t][pe][0]:.2f}"]
+            ours = "not run" if c is None else f"{c['ood_mean']:.2f} ± {c['ood_std']:.2f}" if c["comparable"] else "n/c"
+            paper_mean, paper_var = PAPER_TABLE1[t][pe]
+            cells += [ours + ("" if c is None else f" ({c['id_mean']:.2f})"), f"{paper_mean:.2f} ({paper_var:.2f})"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join([*lines, f"n/c = not comparable: ID accuracy < {100 * ft.LEARNED_ID_ACC:.0f}%, the rule was not "
-                              "learned, so no ordering is claimed from that cell."])
+                              "learned, so no ordering is claimed from that cell.",
+                       *(verdict(t, summary[t], diffs.get(t, {})) for t in tasks)])
 
 
 def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
@@ -250,8 +293,7 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for color, (pe, name) in enumerate(TABLE1_PES.items()):
-            val = [[(h["epoch"], h["val_loss"]) for h in r["history"] if "val_loss" in h] for r in runs
-                   if (r["task"], r["pe"]) == (task, pe)]
+            val = [r["val_loss"] for r in runs if (r["task"], r["pe"]) == (task, pe)]
             if val:
                 ax.plot([e for e, _ in val[0]], np.mean([[v for _, v in c] for c in val], axis=0), marker="o", ms=3,
                         label=name, color=f"C{color}", linestyle="--" if pe.startswith("res_") else "-")
@@ -273,37 +315,88 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
+def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace) -> list[dict]:
+    """Every (task, PE, seed) cell under one harness, trained or reused, as the compact rows the results JSON
+    keeps: the reported accuracies, both selection rules, timing and the validation-loss curve."""
+    combos, t0, runs = [(t, pe, s) for t in tasks for pe in pes for s in seeds], time.perf_counter(), []
+    for i, (task, pe, seed) in enumerate(combos):
+        ft.progress(f"[{i + 1}/{len(combos)}] {harness.name} {task} {pe} seed {seed}", i, len(combos),
+                    time.perf_counter() - t0)
+        r = ft.run_posgen(task, pe, seed, preset, harness, args.runs_dir, args.device)
+        runs.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "epoch", "trained_as", "train_s")}
+                    | {"learned": r["id_acc"] >= ft.LEARNED_ID_ACC, "val_loss": [[h["epoch"], h["val_loss"]] for h
+                                                                             in r["history"] if "val_loss" in h],
+                       "by_select": {k: {f: v[f] for f in ("epoch", "id_acc", "ood_acc")} for k, v in
+                                     r["by_select"].items()}})
+    return runs
+
+
 def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 and Figure 3: every (task × PE × seed) of a preset; finished runs are reused."""
-    preset = ft.PRESETS[args.preset]
-    seeds, out = args.seeds or list(preset.seeds), Path(args.out or f"results/table1_{preset.name}.json")
-    combos = [(t, pe, s) for t in TABLE1_TASKS if t in (args.tasks or TABLE1_TASKS)
-              for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES) for s in seeds]
-    t0, runs = time.perf_counter(), []
-    for i, (task, pe, seed) in enumerate(combos):
-        ft.progress(f"[{i + 1}/{len(combos)}] {task} {pe} seed {seed}", i, len(combos), time.perf_counter() - t0)
-        r = ft.run_posgen(task, pe, seed, preset, args.protocol, args.runs_dir, args.device)
-        runs.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "wall_s", "trained_as", "train_s",
-                                       "test_s", "history")} | {"learned": r["id_acc"] >= ft.LEARNED_ID_ACC})
-    wall, summary, runs_wall = time.perf_counter() - t0, table1_summary(runs), sum(r["wall_s"] for r in runs)
-    print(format_table1(summary, f"Table 1, preset {preset.name}, {args.protocol} protocol, {len(seeds)} seed(s): "
-                                 "OOD accuracy (%) at positions L..L'-1 (ID accuracy), mean ± variance over seeds"))
-    print(f"wall time: {wall:.0f} s this call; {runs_wall:.0f} s summed over the {len(runs)} rows "
-          f"({sum(r['trained_as'] == r['pe'] for r in runs)} training runs + {len(runs)} tests, timed when first run)"
-          f"; {torch.get_num_threads()} threads")
+    preset, harness = ft.PRESETS[args.preset], ft.harness_from_args(args)
+    seeds = args.seeds or list(preset.seeds)
+    suffix = "" if harness == ft.HARNESSES["code"] else "_" + harness.name.replace("+", "_").replace("=", "-")
+    out = Path(args.out or f"results/table1_{preset.name}{suffix}.json")
+    t0 = time.perf_counter()
+    runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or TABLE1_TASKS)],
+                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args)
+    wall, summary = time.perf_counter() - t0, table1_summary(runs)
+    print(format_table1(summary, f"Table 1, preset {preset.name}, harness {harness.name} (select {harness.select}), "
+                                 f"{len(seeds)} seed(s): OOD accuracy (%) at positions L..L'-1 (ID accuracy), mean ± "
+                                 "std over seeds"))
+    print(f"wall time: {wall:.0f} s this call; {sum(r['train_s'] for r in runs):.0f} s of training in "
+          f"{sum(r['trained_as'] == r['pe'] for r in runs)} runs (timed when first run), "
+          f"{torch.get_num_threads()} threads")
     fig_path = out.with_name(out.stem + "_fig3.png")
-    plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, {args.protocol} protocol, "
+    plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, harness {harness.name}, "
                               f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
     ft.write_json(out, {
-        "preset": preset.name, "protocol": args.protocol, "seeds": seeds, "wall_s": wall, "runs_wall_s": runs_wall,
+        "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "wall_s": wall,
         "threads": torch.get_num_threads(), "preset_config": dataclasses.asdict(preset), "table": summary,
-        "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v) in row.items()}
-                         for t, row in PAPER_TABLE1.items()},
-        "runs": [{k: v for k, v in r.items() if k != "history"}
-                 | {"val_loss": [[h["epoch"], h["val_loss"]] for h in r["history"] if "val_loss" in h]}
-                 for r in runs]})
+        "paired": paired_differences(summary), "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v)
+                                                                   in row.items()} for t, row in PAPER_TABLE1.items()},
+        "runs": runs})
     print(f"wrote {out} and {fig_path}")
     return 0
+
+
+# One harness item switched off at a time (evaluate.py ablation); "select=last" reads the same runs as "full".
+ABLATION = {"full": {}, "select=last": {"select": "last"}, "ffn trained": {"freeze_ffn": False},
+            "split=disjoint": {"split": "disjoint"}, "sdpa, untied": {"attention": "sdpa", "tie_head": False},
+            "schedule=ours": {"schedule": "ours"}}
+
+
+def cmd_ablation(args: argparse.Namespace) -> int:
+    """Which harness settings does Table 1's ordering depend on: the full ``code`` harness, then each item
+    switched off on its own, all four PEs, seed-major (the JSON is rewritten after every seed, so a stopped run
+    keeps what finished)."""
+    preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
+    seeds, out, runs = args.seeds or list(preset.seeds), Path(args.out), {v: [] for v in variants}
+    harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
+    for i, seed in enumerate(seeds):
+        for v in variants:
+            runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
+        results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
+                    "paired": paired_differences(table1_summary(runs[v]))} for v in variants]
+        ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": seeds[:i + 1],
+                            "variants": results})
+    print(format_ablation(results))
+    print(f"wrote {out}")
+    return 0
+
+
+def format_ablation(results: list[dict]) -> str:
+    """Per variant and task: each PE's OOD per seed, and the mean ± std paired Res. − base differences."""
+    lines = ["| variant | task | " + " | ".join(f"{n} OOD per seed (ID mean)" for n in TABLE1_PES.values())
+             + " | Res. RoPE − RoPE | Res. YaRN − YaRN |", "|---" * 8 + "|"]
+    for v in results:
+        summary = table1_summary(v["runs"])
+        for task, cells in summary.items():
+            ood = [", ".join(f"{x:.1f}" for x in c["ood"]) + f" ({c['id_mean']:.1f})" for c in cells.values()]
+            diff = [f"{d['mean']:+.1f} ± {d['std']:.1f}" + ("" if d["comparable"] else " n/c")
+                    for d in v["paired"].get(task, {}).values()]
+            lines.append(f"| {v['name']} | {TABLE1_TASKS[task]} | " + " | ".join(ood + diff) + " |")
+    return "\n".join(lines)
 
 
 def cmd_fig1(args: argparse.Namespace) -> int:
@@ -579,6 +672,16 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     ft.add_posgen_args(p)
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default results/table1_<preset>.json)")
     p.set_defaults(func=cmd_table1)
+
+    p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
+    p.add_argument("--preset", default="ablation", choices=ft.PRESETS, help="default ablation")
+    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", help="override the preset's seeds")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"])
+    p.add_argument("--variants", nargs="+", choices=ABLATION, help="a subset (default all)")
+    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories")
+    p.add_argument("--device", default=ft.default_device(), type=ft.device)
+    p.add_argument("--out", default="results/table1_ablation.json", type=ft.path_for("file"))
+    p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
     p.add_argument("--out", default="results/fig1.png", type=ft.path_for("file"))

@@ -7,7 +7,7 @@ evaluation, atomic writes, text documents).
     torchrun --nproc_per_node=8 finetune.py llama --fsdp ...                                 # FSDP2, GPUs
 
 ``posgen`` trains the tiny Transformer of Sec. 6.1.1 / App. C.1 on one task for one Table 1 row and seed, in
-``runs/posgen/<preset>-<protocol>/<task>/<pe>/seed<seed>/`` (``ckpt.pt`` after every epoch, ``log.json``,
+``runs/posgen/<preset>-<harness>/<task>/<pe>/seed<seed>/`` (``ckpt.pt`` after every epoch, ``log.json``,
 ``result.json``). ``llama`` fine-tunes a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2). Both resume from their
 checkpoint and end bit-identical to an uninterrupted run on CPU. A user mistake is one line on stderr, exit 2.
 """
@@ -83,6 +83,13 @@ def path_for(kind: str) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
         return text
     return parse
+
+
+def boolean(text: str) -> bool:
+    """An argparse type: true or false."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
 
 
 def pe_spelling(text: str) -> str:
@@ -200,6 +207,7 @@ def _autocast(dev: torch.device):
 
 PE_NAMES = ("rope", "res_rope", "yarn", "res_yarn")  # the rows of Table 1
 PROTOCOLS = ("code", "paper")
+SELECT_RULES = ("best_val_id", "last")
 
 
 def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
@@ -221,6 +229,43 @@ def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: i
     if protocol == "paper":
         return (PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper"),) * 2
     return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
+
+
+HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
+                   "schedule": ("authors", "ours"), "select": SELECT_RULES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Harness:
+    """How a PosGen run trains and which epoch it reports: one field for each way the authors' released harness
+    (``code``, the defaults) differs from App. C.1 as written (``paper``), so each can be switched on its own."""
+
+    protocol: str = "code"          # the tables (posgen_pes): "code" trains unscaled, tests YaRN at 257/65
+    freeze_ffn: bool = True         # model.TinyConfig: FFN and its norm stay at their initialisation
+    tie_head: bool = True           # model.TinyConfig: head = embedding, on the final state × d_model^−½
+    attention: str = "t5"           # model.TinyConfig: "t5" (no 1/√d, Mesh-TF init, final dropout) or "sdpa"
+    split: str = "authors"          # posgen.make_splits: "authors" (cycled combinations, no seed) or "disjoint"
+    schedule: str = "authors"       # "authors": decay on every weight, Adam β1 cycled 0.95 → 0.85 → 0.95 by the
+                                    # one-cycle schedule; "ours": no decay on norm gains, β1 = 0.9
+    select: str = "best_val_id"     # the reported epoch: the first with the best validation ID accuracy, or "last"
+
+    def __post_init__(self):
+        for name, allowed in HARNESS_CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def training(self) -> dict:
+        """The fields that decide the training run (not ``select``: both rules read the same run)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "select"}
+
+    @property
+    def name(self) -> str:
+        """The protocol, then each training setting that differs from that protocol's harness: "code+split=disjoint"."""
+        base = HARNESSES[self.protocol].training()
+        return self.protocol + "".join(f"+{k}={v}" for k, v in self.training().items() if v != base[k])
+
+
+HARNESSES = {"code": Harness(), "paper": Harness("paper", False, False, "sdpa", "disjoint", "ours", "last")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,28 +299,30 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # App. C.1 exactly: 60 runs (3 tasks × 4 PEs × 5 seeds). GPU work.
     "paper": Preset("paper"),
-    # A few CPU hours, 3 seeds: a narrower model (2 heads × 64) at a higher learning rate, the paper's data.
-    "medium": Preset("medium", d_model=128, n_head=2, d_ff=512, epochs=16, lr=1e-3, seeds=(5549, 4955, 42)),
-    # The README's main job: all 12 (task, PE) pairs, one seed, <= 20 min on 2 CPU cores. Same geometry (head
-    # dim 64, b = 10000, L = 64, L' = 256, s = 4); narrower, half the training data, 6 epochs at a higher lr.
-    "quick": Preset("quick", d_model=128, n_head=2, d_ff=512, n_train=5000, n_val=500, n_test=1000, epochs=6,
-                    lr=1e-3, val_every=1, seeds=(5549,)),
+    # The README's main job: the authors' harness scaled down to <= 15 min on 2 CPU cores for all 12 (task, PE)
+    # cells, one seed. Same geometry (head dim 64, b = 10000, L = 64, L' = 256, s = 4, j = 1, k = 3, mod 17) and
+    # data; narrower (2 heads), 8 epochs at a higher lr, validation every 2 epochs.
+    "quick": Preset("quick", d_model=128, n_head=2, d_ff=512, epochs=8, lr=1e-3, seeds=(5549,)),
+    # The ablation's size (evaluate.py ablation): quick's model, 3 seeds.
+    "ablation": Preset("ablation", d_model=128, n_head=2, d_ff=512, epochs=8, lr=1e-3, seeds=(5549, 4955, 42)),
 }
-DEFAULT_PROTOCOL = "code"  # see the README: which protocol reproduces Table 1 better
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
 
 
-def check_run_args(task: str, pe: str, preset: str | Preset, protocol: str) -> Preset:
-    """Validate names; return the Preset (a name is looked up in PRESETS)."""
-    posgen_pes(pe, protocol)
+def check_run_args(task: str, pe: str, preset: str | Preset, harness: str | Harness) -> tuple[Preset, Harness]:
+    """Validate names; return the Preset and Harness (a name is looked up in PRESETS, HARNESSES)."""
+    if not (isinstance(harness, Harness) or harness in HARNESSES):
+        raise ValueError(f"harness must be one of {tuple(HARNESSES)} or a Harness, got {harness!r}")
+    harness = harness if isinstance(harness, Harness) else HARNESSES[harness]
+    posgen_pes(pe, harness.protocol)
     if task not in posgen.TASKS or not (isinstance(preset, Preset) or preset in PRESETS):
         raise ValueError(f"task must be one of {posgen.TASKS} and preset one of {tuple(PRESETS)}, got {task!r}, "
                          f"{preset!r}")
-    return preset if isinstance(preset, Preset) else PRESETS[preset]
+    return preset if isinstance(preset, Preset) else PRESETS[preset], harness
 
 
-def run_dir(root: str | Path, preset: Preset, protocol: str, task: str, pe: str, seed: int) -> Path:
-    return Path(root) / "posgen" / f"{preset.name}-{protocol}" / task / pe / f"seed{seed}"
+def run_dir(root: str | Path, preset: Preset, harness: Harness, task: str, pe: str, seed: int) -> Path:
+    return Path(root) / "posgen" / f"{preset.name}-{harness.name}" / task / pe / f"seed{seed}"
 
 
 def training_run_pe(pe: str, protocol: str) -> str:
@@ -327,62 +374,80 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
     return {"loss": loss_sum / count, **accuracy_summary(correct / len(seqs), preset.j, preset.k, preset.train_len)}
 
 
-def run_meta(task: str, pe: str, seed: int, preset: Preset, protocol: str) -> dict:
-    """What identifies a run; "format" 2: plain ``nn.Dropout`` (earlier runs drew other dropout masks)."""
-    return {"task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": dataclasses.asdict(preset),
-            "format": 2}
+def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
+    """What identifies a training run; "format" 3: the harness settings and a test at every validation."""
+    return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
+            "format": 3}
 
 
 def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
     """The model of a run, holding its training table (vocabulary = modulus + a start token, positions
     0 … L'−1), and that training PE."""
-    p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
-    train_pe = posgen_pes(meta["pe"], meta["protocol"], p.train_len, p.test_len)[0]
+    p, h = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])}), meta["harness"]
+    train_pe = posgen_pes(meta["pe"], h["protocol"], p.train_len, p.test_len)[0]
     cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head,
-                               d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe)
+                               d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe,
+                               freeze_ffn=h["freeze_ffn"], tie_head=h["tie_head"], attention=h["attention"])
     return model_lib.TinyTransformer(cfg), train_pe
 
 
 def posgen_data(meta: dict) -> dict[str, np.ndarray]:
-    """The run's train/val/test splits, seeded by the run's seed."""
+    """The run's train/val/test splits (the disjoint split is seeded by the run's seed)."""
     p = meta["preset"]
     return posgen.make_splits(meta["task"], p["n_train"], p["n_val"], p["n_test"], p["train_len"], p["test_len"],
-                              p["j"], p["k"], p["modulus"], seed=meta["seed"])
+                              p["j"], p["k"], p["modulus"], seed=meta["seed"], split=meta["harness"]["split"])
 
 
-def _validate(net, tables: dict[str, PE], train_pe: PE, seqs: np.ndarray, preset: Preset, dev) -> dict:
-    """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
-    out = {}
+def posgen_optimizer(net: torch.nn.Module, preset: Preset, schedule: str, total_steps: int):
+    """AdamW with PyTorch's one-cycle cosine schedule. ``authors``: every trained weight decays and β1 follows
+    the schedule (OneCycleLR's cycle_momentum, on in their Lightning config); ``ours``: norm gains do not decay."""
+    params = [p for p in net.parameters() if p.requires_grad]  # frozen weights get no update, not even decay
+    groups = [{"params": params}] if schedule == "authors" else [
+        {"params": [p for p in params if p.dim() >= 2]}, {"params": [p for p in params if p.dim() < 2],
+                                                          "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=preset.lr, weight_decay=preset.weight_decay)
+    return opt, torch.optim.lr_scheduler.OneCycleLR(opt, preset.lr, total_steps=total_steps, pct_start=preset.pct_start,
+                                                    cycle_momentum=schedule == "authors")
+
+
+def _evaluate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> tuple[dict, dict]:
+    """Validation and test loss and accuracy under each row's evaluation table; the training table is put back."""
+    val, test = {}, {}
     for name, table in tables.items():
         net.set_pe(table)
-        v = evaluate_posgen(net, seqs, preset, dev)
-        out[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
+        v, test[name] = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
+        val[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
     net.set_pe(train_pe)
-    return out
+    return val, test
 
 
-def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
+def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
+    """The validated epoch of row ``pe`` a rule reports: ``best_val_id`` the first epoch reaching the best
+    validation ID accuracy (the authors' ModelCheckpoint: max, strict improvement), ``last`` the last one."""
+    validated = [h for h in history if pe in h.get("val", {})]
+    return validated[-1] if rule == "last" else max(validated, key=lambda h: h["val"][pe]["id_acc"])  # first max
+
+
+def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
                  runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None) -> dict:
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
-    Cross-entropy on every token after the given prefix; AdamW (no decay on norm gains) with PyTorch's one-cycle
-    cosine schedule; batches from a seeded generator checkpointed with the model, optimizer, schedule and dropout
-    RNG. Each validation uses the *evaluation* table of every row that shares this training run. ``stop_after``:
-    train at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s", "history"}: a row
-    {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: {"val_loss", "id_acc", "ood_acc"}}.
+    Cross-entropy on every token after the given prefix; ``posgen_optimizer``; batches from a seeded generator
+    checkpointed with the model, optimizer, schedule and dropout RNG. Each validation scores the val *and* test
+    splits under the evaluation table of every row sharing this run, so both selection rules read one run; a
+    row's best-val-ID weights are also kept (``best-<row>.pt``). ``stop_after``: at most this many epochs in this
+    call (as if killed). Returns {"epoch", "elapsed_s", "history"}: rows {"epoch", "loss", "lr", "elapsed_s"}
+    and, on validation epochs, "val" and "test": {row: accuracies}.
     """
-    preset, dev, sharing = check_run_args(task, pe, preset, protocol), torch.device(device), pes_sharing(pe, protocol)
-    meta = run_meta(task, sharing[0], seed, preset, protocol)
-    out = run_dir(runs_root, preset, protocol, task, sharing[0], seed)
+    (preset, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
+    sharing = pes_sharing(pe, harness.protocol)
+    meta, out = run_meta(task, sharing[0], seed, preset, harness), run_dir(runs_root, preset, harness, task, sharing[0],
+                                                                          seed)
     torch.manual_seed(seed)
     (net, train_pe), data = posgen_model(meta), posgen_data(meta)
-    tables = {p: posgen_pes(p, protocol, preset.train_len, preset.test_len)[1] for p in sharing}
-    params = list(net.to(dev).parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": preset.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=preset.lr)
+    tables = {p: posgen_pes(p, harness.protocol, preset.train_len, preset.test_len)[1] for p in sharing}
     steps = math.ceil(preset.n_train / preset.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, preset.lr, total_steps=steps * preset.epochs,
-                                                pct_start=preset.pct_start, cycle_momentum=False)
+    opt, sched = posgen_optimizer(net.to(dev), preset, harness.schedule, steps * preset.epochs)
     gen = torch.Generator().manual_seed(seed)
     state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
     if "rng_data" in state:
@@ -403,15 +468,19 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
             loss_sum += loss.detach()
         row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"] = _validate(net, tables, train_pe, data["val"], preset, dev)
+            row["val"], row["test"] = _evaluate_rows(net, tables, train_pe, data, preset, dev)
         row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
         state["history"].append(row)
         state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
+        best = {"meta": meta, "epoch": epoch + 1, "model": net.state_dict()}
+        for p in tables if "val" in row else ():  # a new best: the first epoch reaching the best val ID accuracy
+            if select_epoch(state["history"], p, "best_val_id") is row:
+                atomic_write(out / f"best-{p}.pt", lambda f, best=best: torch.save(best, f))
         save_training(out / "ckpt.pt", meta, net, opt, sched, epoch=state["epoch"], elapsed_s=state["elapsed_s"],
                       history=state["history"], rng_data=state["rng_data"])
         write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
-        val = "".join(f"  {name}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
-                      for name, v in row.get("val", {}).items())
+        val = "".join(f"  {p}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
+                      for p, v in row.get("val", {}).items())
         progress(f"{task}/{sharing[0]}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val}",
                  epoch + 1 - first, preset.epochs - first, time.perf_counter() - t_call)
     return state
@@ -421,67 +490,81 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def load_posgen_checkpoint(path: str | Path, pe: str | None = None) -> tuple[model_lib.TinyTransformer, dict]:
+def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str = "last"
+                           ) -> tuple[model_lib.TinyTransformer, dict]:
     """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
-    own row; any row sharing the training run), and its checkpoint dict."""
+    own row; any row sharing the training run), at the epoch ``select`` reports; and its checkpoint dict."""
     path = Path(path) / "ckpt.pt" if Path(path).is_dir() else Path(path)
     if not path.exists():  # e.g. a YaRN row under `code`, which has no training run of its own
         raise FileNotFoundError(f"no checkpoint at {path} (a row trained as another row's run: give that run's "
                                 "directory and the row as --pe)")
     state = load_checkpoint(path)
-    meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["protocol"])
-    if (pe or meta["pe"]) not in rows:
-        raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, got {pe!r}")
+    meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["harness"]["protocol"])
+    if (pe or meta["pe"]) not in rows or select not in SELECT_RULES:
+        raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, and select one of "
+                         f"{SELECT_RULES}, got {pe!r}, {select!r}")
+    if select == "best_val_id":
+        state = {**state, **load_checkpoint(path.parent / f"best-{pe or meta['pe']}.pt", meta)}
     net = posgen_model(meta)[0]
     net.load_state_dict(state["model"])
     p = meta["preset"]
-    net.set_pe(posgen_pes(pe or meta["pe"], meta["protocol"], p["train_len"], p["test_len"])[1])
+    net.set_pe(posgen_pes(pe or meta["pe"], meta["harness"]["protocol"], p["train_len"], p["test_len"])[1])
     return net.eval(), state
 
 
-def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", protocol: str = DEFAULT_PROTOCOL,
+def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
                runs_root: str | Path = "runs", device: str = "cpu") -> dict:
-    """Train (or resume, or reuse) the run of one row, then test it with the row's evaluation table.
+    """Train (or resume, or reuse) the run of one row and report its test accuracy at the epoch each rule selects.
 
-    A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed",
-    "protocol", "preset", "id_acc", "ood_acc", "test_loss", "per_position", "trained_as", "train_s", "test_s",
-    "wall_s", "history"}. A row that shares another row's training has "trained_as" set to that row and
-    train_s = 0: the training time is counted once, on the row that owns it.
+    A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed", "harness",
+    "preset", "by_select": {rule: {"epoch", "id_acc", "ood_acc", "test_loss"}}, "epoch", "id_acc", "ood_acc",
+    "per_position" (those of ``harness.select``), "trained_as", "train_s", "history"}. A row sharing another row's
+    training has "trained_as" set to that row and train_s = 0: the time is counted once, on the row that owns it.
     """
-    preset = check_run_args(task, pe, preset, protocol)
-    meta = run_meta(task, pe, seed, preset, protocol)
-    result_path = run_dir(runs_root, preset, protocol, task, pe, seed) / "result.json"
-    if result_path.is_file():
-        result = read_json(result_path, "a run")
-        if result.get("meta") == json.loads(json.dumps(meta)) and "trained_as" in result:  # else: older format
-            return result
-    trained_as, state = training_run_pe(pe, protocol), train_posgen(task, pe, seed, preset, protocol, runs_root, device)
-    t0 = time.perf_counter()
-    net, _ = load_posgen_checkpoint(run_dir(runs_root, preset, protocol, task, trained_as, seed), pe)
-    test = evaluate_posgen(net.to(device), posgen_data(meta)["test"], preset, device)
-    test_s, train_s = time.perf_counter() - t0, state["elapsed_s"] if trained_as == pe else 0.0
-    history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {}) for h in state["history"]]
-    result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "protocol": protocol, "preset": preset.name,
-              "id_acc": test["id_acc"], "ood_acc": test["ood_acc"], "test_loss": test["loss"],
-              "per_position": test["per_position"], "trained_as": trained_as, "train_s": train_s,
-              "test_s": test_s, "wall_s": train_s + test_s, "history": history}
-    write_json(result_path, result)
-    return result
+    preset, harness = check_run_args(task, pe, preset, harness)
+    meta, trained_as = run_meta(task, pe, seed, preset, harness), training_run_pe(pe, harness.protocol)
+    result_path = run_dir(runs_root, preset, harness, task, pe, seed) / "result.json"
+    result = read_json(result_path, "a run") if result_path.is_file() else {}
+    if result.get("meta") != json.loads(json.dumps(meta)):  # none yet, or of other settings or an older format
+        state = train_posgen(task, pe, seed, preset, harness, runs_root, device)
+        by_select = {rule: select_epoch(state["history"], pe, rule) for rule in SELECT_RULES}
+        history = [{k: v for k, v in h.items() if k not in ("val", "test")} | h.get("val", {}).get(pe, {})
+                   for h in state["history"]]
+        result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "preset": preset.name, "trained_as": trained_as,
+                  "train_s": state["elapsed_s"] if trained_as == pe else 0.0, "history": history, "by_select": {
+                      rule: {"epoch": h["epoch"], "id_acc": h["test"][pe]["id_acc"], "ood_acc": h["test"][pe][
+                          "ood_acc"], "test_loss": h["test"][pe]["loss"], "per_position": h["test"][pe]["per_position"]}
+                      for rule, h in by_select.items()}}
+        write_json(result_path, result)
+    chosen = result["by_select"][harness.select]
+    return result | {"harness": dataclasses.asdict(harness), "epoch": chosen["epoch"], "id_acc": chosen["id_acc"],
+                     "ood_acc": chosen["ood_acc"], "per_position": chosen["per_position"]}
 
 
 def cmd_posgen(args: argparse.Namespace) -> int:
-    r = run_posgen(args.task, args.pe, args.seed, args.preset, args.protocol, args.runs_dir, args.device)
-    print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']}, {r['protocol']} protocol): "
-          f"ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  wall {fmt_s(r['wall_s'])}")
+    r = run_posgen(args.task, args.pe, args.seed, args.preset, harness_from_args(args), args.runs_dir, args.device)
+    print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']} preset, harness {r['harness']}): epoch {r['epoch']}"
+          f"  ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  training {fmt_s(r['train_s'])}")
     return 0
 
 
 def add_posgen_args(p: argparse.ArgumentParser) -> None:
-    """The arguments that name a PosGen run (shared with ``evaluate.py posgen`` and ``table1``)."""
+    """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
+    a protocol, then any harness field switched on its own."""
     p.add_argument("--preset", default="quick", choices=PRESETS, help="default quick")
-    p.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOLS, help=f"default {DEFAULT_PROTOCOL}")
+    p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from (default code)")
+    for f in dataclasses.fields(Harness)[1:]:
+        p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
+                       != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
+                       help=f"default: the protocol's ({f.default} for code)")
     p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories")
     p.add_argument("--device", default=default_device(), type=device)
+
+
+def harness_from_args(args: argparse.Namespace) -> Harness:
+    """The protocol's harness with each field given on the command line replaced."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Harness)[1:]}
+    return dataclasses.replace(HARNESSES[args.protocol], **{k: v for k, v in given.items() if v is not None})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -43,12 +43,18 @@ class TinyConfig:
     max_len: int = 256         # rows of the RoPE table: positions 0 … L'−1
     rope_base: float = 10000.0
     pe: PE = dataclasses.field(default_factory=lambda: PE(original_len=64))
+    # The authors' harness (see the README) sets these three to True, True, "t5":
+    freeze_ffn: bool = False   # FFN and its norm kept at their initialisation (their `block.*.layer.1.*` freeze)
+    tie_head: bool = False     # LM head = embedding, applied to the final state × d_model^−½ (T5)
+    attention: str = "sdpa"    # "sdpa": logits / √d, N(0, 0.02) init; "t5": no 1/√d, Mesh-TF init, final dropout
 
     def __post_init__(self):
         if isinstance(self.pe, dict):  # rebuilt from a checkpoint's plain-dict config
             self.pe = PE(**self.pe)
         if min(self.vocab_size, self.n_layer, self.n_head, self.d_ff, self.max_len) < 1 or not 0 <= self.dropout < 1:
             raise ValueError(f"sizes must be >= 1 and dropout in [0, 1), got {self}")
+        if self.attention not in ("sdpa", "t5"):
+            raise ValueError(f"attention must be 'sdpa' or 't5', got {self.attention!r}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model must be n_head × an even head dimension, got {self.d_model}, {self.n_head}")
 
@@ -63,6 +69,7 @@ class TinyAttention(nn.Module):
     def __init__(self, cfg: TinyConfig):
         super().__init__()
         self.n_head, self.dropout = cfg.n_head, cfg.dropout
+        self.scale = 1.0 if cfg.attention == "t5" else None  # T5 folds 1/√d into q's initialisation instead
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # one matmul for q, k and v
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.resid_drop = nn.Dropout(cfg.dropout)
@@ -73,7 +80,7 @@ class TinyAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
         q, k = resonance.apply_rope(q, cos, sin), resonance.apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=True)
+                                           is_causal=True, scale=self.scale)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
@@ -107,10 +114,9 @@ class TinyBlock(nn.Module):
 class TinyTransformer(nn.Module):
     """The PosGen model (Sec. 6.1.1): decoder-only, T5-small layers, RoPE-family position encoding.
 
-    Differences from the authors' T5 layers, by choice: attention logits are scaled by 1/√d (standard SDPA),
-    weights start from N(0, 0.02) (GPT-2 style, residual projections by 1/√(2·n_layer)) instead of Mesh-TF's
-    initialisation, and the LM head is not tied. The cos/sin tables are non-persistent buffers derived from
-    ``config.pe``; ``set_pe`` swaps them (to train with RoPE and evaluate with YaRN, say).
+    ``config.attention``, ``tie_head`` and ``freeze_ffn`` choose between the authors' T5 layers and plain
+    ones (1/√d SDPA, GPT-2 style N(0, 0.02) init, untied head, all weights trained). The cos/sin tables are
+    non-persistent buffers derived from ``config.pe``; ``set_pe`` swaps them (train with RoPE, test with YaRN).
     """
 
     def __init__(self, cfg: TinyConfig):
@@ -121,11 +127,28 @@ class TinyTransformer(nn.Module):
         self.blocks = nn.ModuleList(TinyBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                std = 0.02 / (2 * cfg.n_layer) ** 0.5 if name.endswith(("proj.weight", "wo.weight")) else 0.02
-                nn.init.normal_(p, mean=0.0, std=std)
+        self.init_weights()
+        if cfg.tie_head:
+            self.head.weight = self.tok_emb.weight
+        for block in self.blocks if cfg.freeze_ffn else ():
+            block.norm2.requires_grad_(False)
+            block.ffn.requires_grad_(False)
         self.set_pe(cfg.pe)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """``sdpa``: GPT-2's N(0, 0.02), residual projections / √(2·n_layer). ``t5``: HF T5's Mesh-TF init
+        (embedding and head N(0, 1); q (d_model·d_head)^−½, k, v, o d_model^−½; wi d_model^−½, wo d_ff^−½)."""
+        cfg, d = self.config, self.config.d_model
+        for name, p in self.named_parameters():
+            if p.dim() == 2 and cfg.attention == "sdpa":
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layer) ** 0.5 if name.endswith(("proj.weight", "wo.weight"))
+                                else 0.02)
+            elif p.dim() == 2:
+                nn.init.normal_(p, std={"qkv": d**-0.5, "proj": d**-0.5, "wi": d**-0.5, "wo": cfg.d_ff**-0.5}.get(
+                    name.split(".")[-2], 1.0))
+        for block in self.blocks if cfg.attention == "t5" else ():
+            nn.init.normal_(block.attn.qkv.weight[:d], std=(d * cfg.head_dim) ** -0.5)  # q rows of the qkv matmul
 
     def set_pe(self, pe: PE) -> None:
         """Rebuild the cos/sin tables (positions 0 … max_len−1, float32) for another PE."""
@@ -148,7 +171,8 @@ class TinyTransformer(nn.Module):
         x = self.drop(self.tok_emb(idx))
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.head(self.norm(x))
+        x = self.drop(self.norm(x)) if self.config.attention == "t5" else self.norm(x)  # T5: dropout after norm
+        logits = self.head(x * self.config.d_model**-0.5 if self.config.tie_head else x)
         if targets is None:
             return logits, None
         return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)

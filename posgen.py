@@ -16,6 +16,7 @@ previous ones).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Callable
@@ -147,17 +148,19 @@ def _sample_prefixes(rng: np.random.Generator, count: int, width: int, modulus: 
 
 
 def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int = 1000, train_len: int = 64,
-                test_len: int = 256, j: int = 1, k: int = 3, modulus: int = 17, seed: int = 0) -> dict[str, np.ndarray]:
+                test_len: int = 256, j: int = 1, k: int = 3, modulus: int = 17, seed: int = 0,
+                split: str = "disjoint") -> dict[str, np.ndarray]:
     """Train/validation/test sequences of Section 6.1.1 and Appendix C.1.
 
-    The first j+k tokens of all n_train+n_val+n_test sequences are drawn without replacement from the
-    modulus^(j+k) possible prefixes, so no split shares a prefix with another (nor repeats one). The
-    authors' released code instead cycles ``combinations(range(17), 4)`` and slices val/test from the
-    start of that same list, so their val/test prefixes are training prefixes; we follow the paper.
+    ``split="disjoint"`` (the paper): the first j+k tokens of all n_train+n_val+n_test sequences are drawn with
+    ``seed`` without replacement from the modulus^(j+k) possible prefixes, so no split shares a prefix.
+    ``split="authors"`` (their released code; no seed): the prefixes are ``cycle(combinations(range(modulus),
+    j+k))`` — sorted distinct digits — train the first n_train of it, val the first n_val and test the next
+    n_test, so every val/test prefix is also a training prefix.
 
     Returns:
         {"train": (n_train, train_len), "val": (n_val, test_len), "test": (n_test, test_len)} int64 arrays,
-        identical for the same arguments and seed.
+        identical for the same arguments.
     """
     _check_params(task, j, k, modulus)
     for name, value in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
@@ -166,12 +169,18 @@ def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int 
     for name, value in (("train_len", train_len), ("test_len", test_len)):
         if value <= j + k:
             raise ValueError(f"{name} must be > j+k = {j + k}, got {value}")
+    if split not in ("disjoint", "authors"):
+        raise ValueError(f"split must be 'disjoint' or 'authors', got {split!r}")
     count = n_train + n_val + n_test
-    if count > modulus ** (j + k):
+    if split == "authors":
+        combos = list(itertools.islice(itertools.cycle(itertools.combinations(range(modulus), j + k)),
+                                       max(n_train, n_val + n_test)))
+        prefixes = np.array(combos[:n_train] + combos[:n_val + n_test], dtype=np.int64).reshape(-1, j + k)
+    elif count > modulus ** (j + k):
         raise ValueError(f"n_train+n_val+n_test must be <= modulus^(j+k) = {modulus ** (j + k)} distinct "
                          f"prefixes, got {count}")
-    rng = np.random.default_rng(seed)
-    prefixes = _sample_prefixes(rng, count, j + k, modulus)
+    else:
+        prefixes = _sample_prefixes(np.random.default_rng(seed), count, j + k, modulus)
     # One pass to the longer length: the rule is causal, so a training sequence is the start of its own
     # longer continuation.
     seqs = generate(task, prefixes, max(train_len, test_len), j, k, modulus)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -315,6 +316,80 @@ def test_tiny_set_pe_swaps_tables_in_place_to_resonance_py_values():
     assert torch.equal(net.rope_cos, cos) and torch.equal(net.rope_sin, sin)
     net.load_state_dict(_tiny_model().state_dict())  # tables derive from the config, not the checkpoint
     assert torch.equal(net.rope_cos, cos)
+def test_harness_frozen_ffn_gets_no_gradient_and_no_update_even_with_weight_decay():
+    net = model.TinyTransformer(model.TinyConfig(d_model=64, n_head=1, d_ff=64, max_len=32, freeze_ffn=True))
+    frozen = {n: p.clone() for n, p in net.named_parameters() if ".ffn." in n or ".norm2." in n}
+    assert len(frozen) == 2 * 3 and all(not p.requires_grad for n, p in net.named_parameters() if n in frozen)
+    opt, _ = finetune.posgen_optimizer(net, TINY_PRESET, "authors", 100)  # decay on every trained weight
+    net(torch.randint(0, 17, (2, 16)), torch.randint(0, 17, (2, 16)))[1].backward()
+    opt.step()
+    assert all(p.grad is None and torch.equal(p, frozen[n]) for n, p in net.named_parameters() if n in frozen)
+    assert all(p.grad is not None for n, p in net.named_parameters() if n not in frozen)
+def test_harness_tied_head_is_the_embedding_on_the_scaled_state_and_t5_attention_has_no_sqrt_d():
+    torch.manual_seed(0)
+    cfg = model.TinyConfig(d_model=64, n_head=1, d_ff=64, max_len=32, dropout=0.0, tie_head=True, attention="t5")
+    net, idx = model.TinyTransformer(cfg), torch.randint(0, 18, (2, 20))
+    assert net.head.weight is net.tok_emb.weight and len(net.state_dict()) == len(list(net.parameters())) + 1
+    x = net.tok_emb(idx)
+    for block in net.blocks:
+        x = block(x, net.rope_cos[:20], net.rope_sin[:20])
+    assert torch.allclose(net(idx)[0], net.norm(x) * 64**-0.5 @ net.tok_emb.weight.T, atol=1e-5)
+    attn, h = net.blocks[0].attn, torch.randn(1, 5, 64)  # T5: softmax(q·k) unscaled = SDPA on √d·q
+    q, k, v = (resonance.apply_rope(t, net.rope_cos[:5], net.rope_sin[:5]) if i < 2 else t
+               for i, t in enumerate((h @ attn.qkv.weight.T).view(1, 5, 3, 1, 64).permute(2, 0, 3, 1, 4)))
+    want = torch.nn.functional.scaled_dot_product_attention(q * 8, k, v, is_causal=True).transpose(1, 2)
+    assert torch.allclose(attn(h, net.rope_cos[:5], net.rope_sin[:5]), attn.proj(want.reshape(1, 5, 64)), atol=1e-5)
+def test_harness_t5_init_standard_deviations_are_mesh_tf():
+    torch.manual_seed(0)
+    net, d, d_ff = model.TinyTransformer(model.TinyConfig(tie_head=True, attention="t5")), 512, 2048  # T5-small
+    want = {"tok_emb": 1.0, "q": (d * 64) ** -0.5, "k": d**-0.5, "v": d**-0.5, "proj": d**-0.5, "wi": d**-0.5,
+            "wo": d_ff**-0.5}
+    q, k, v = net.blocks[0].attn.qkv.weight.split(d)
+    got = {"tok_emb": net.tok_emb.weight, "q": q, "k": k, "v": v, "proj": net.blocks[1].attn.proj.weight,
+           "wi": net.blocks[0].ffn.wi.weight, "wo": net.blocks[1].ffn.wo.weight}
+    assert all(got[n].std().item() == pytest.approx(want[n], rel=0.05) for n in want), {n: t.std() for n, t in
+                                                                                       got.items()}
+    assert (net.norm.weight == 1).all() and model.TinyTransformer(model.TinyConfig()).tok_emb.weight.std() < 0.03
+def test_harness_authors_split_is_cycled_sorted_combinations_with_val_and_test_inside_train():
+    splits = posgen.make_splits("recursive", 10000, 1000, 1000, split="authors", seed=1)
+    combos = list(itertools.combinations(range(17), 4))  # 2,380 sorted 4-tuples of distinct digits
+    assert splits["train"][:, :4].tolist() == [list(c) for c in (combos * 5)[:10000]]
+    assert splits["val"][:, :4].tolist() == [list(c) for c in combos[:1000]]
+    assert splits["test"][:, :4].tolist() == [list(c) for c in combos[1000:2000]]
+    assert np.array_equal(splits["test"][:, :64], splits["train"][1000:2000])  # test sequences are training ones
+    assert all(np.array_equal(splits[k], v) for k, v in posgen.make_splits("recursive", 10000, 1000, 1000,
+                                                                           split="authors", seed=2).items())
+def test_harness_best_val_rule_picks_the_first_maximum_per_row_and_last_the_last_epoch():
+    acc = {"rope": [0.5, 0.9, 0.9, 0.8], "yarn": [0.5, 0.7, 0.8, 0.8]}
+    history = [{"epoch": e + 1, "val": {p: {"id_acc": a[e]} for p, a in acc.items()}} for e in range(4)] + [
+        {"epoch": 5}]  # an epoch without validation is never selected
+    assert [finetune.select_epoch(history, p, "best_val_id")["epoch"] for p in acc] == [2, 3]  # own table each
+    assert finetune.select_epoch(history, "rope", "last")["epoch"] == 4
+def test_harness_authors_schedule_cycles_beta1_and_decays_every_weight():
+    net = _tiny_model()
+    opt, sched = finetune.posgen_optimizer(net, TINY_PRESET, "authors", 100)
+    assert len(opt.param_groups) == 1 and opt.param_groups[0]["weight_decay"] == TINY_PRESET.weight_decay
+    beta1 = [opt.param_groups[0]["betas"][0]]
+    for _ in range(99):
+        opt.step()
+        sched.step()
+        beta1.append(opt.param_groups[0]["betas"][0])
+    assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85)
+    assert beta1[-1] == pytest.approx(0.95, abs=1e-3)
+    assert beta1.index(min(beta1)) == 9 and sched.get_last_lr()[0] < TINY_PRESET.lr / 1e3  # β1 low at the lr peak
+    opt, _ = finetune.posgen_optimizer(net, TINY_PRESET, "ours", 100)
+    assert [g["weight_decay"] for g in opt.param_groups] == [TINY_PRESET.weight_decay, 0.0]
+    assert opt.param_groups[0]["betas"][0] == 0.9 and all(p.dim() < 2 for p in opt.param_groups[1]["params"])
+def test_harness_fields_switch_one_at_a_time_into_run_names_and_the_command_line():
+    code = finetune.HARNESSES["code"]
+    assert (code.freeze_ffn, code.tie_head, code.attention, code.split, code.schedule, code.select) == (
+        True, True, "t5", "authors", "authors", "best_val_id")
+    assert dataclasses.replace(code, split="disjoint").name == "code+split=disjoint"
+    assert dataclasses.replace(code, select="last").name == "code"  # the same run, read by another rule
+    args = evaluate.build_parser().parse_args(["table1", "--freeze-ffn", "false", "--attention", "sdpa"])
+    assert finetune.harness_from_args(args) == dataclasses.replace(code, freeze_ffn=False, attention="sdpa")
+    paper = finetune.harness_from_args(evaluate.build_parser().parse_args(["table1", "--protocol", "paper"]))
+    assert paper == finetune.HARNESSES["paper"] and paper.split == "disjoint" and not paper.freeze_ffn
 def test_table1_protocol_pes_match_paper_and_authors_code():
     assert finetune.posgen_pes("rope", "code") == finetune.posgen_pes("rope", "paper") == (PE(original_len=64),) * 2
     assert finetune.posgen_pes("res_yarn", "code") == (PE("rope", resonance=True, original_len=64), PE(
@@ -336,37 +411,46 @@ def test_table1_code_protocol_trains_unscaled_and_evaluates_scaled(tmp_path, mon
         train_pe, eval_pe = finetune.posgen_pes("res_yarn", protocol, 16, 32)
         r = finetune.run_posgen("cot", "res_yarn", 7, TINY_PRESET, protocol, tmp_path)
         assert 0 <= r["ood_acc"] <= 1 and len(r["history"]) == 3 and all("val_loss" in h for h in r["history"])
-        # Validation also scores the rows sharing this training run (code: Res. RoPE); the test is ours alone.
-        allowed = {finetune.posgen_pes(p, protocol, 16, 32)[1] for p in finetune.pes_sharing("res_yarn", protocol)}
+        # Each validation scores val and test under the table of every row sharing this run (code: Res. RoPE too).
+        sharing = finetune.pes_sharing("res_yarn", protocol)
+        allowed = {finetune.posgen_pes(p, protocol, 16, 32)[1] for p in sharing}
         for training, pe, table in seen:
             assert pe == train_pe if training else pe in allowed
             theta, mscale = pe.inv_freq(64, 10000.0)
             assert torch.equal(table, resonance.rope_cos_sin(theta, torch.arange(len(table)), mscale)[0])
         assert sum(training for training, _, _ in seen) == 3 * 3  # 3 epochs × 96/32 batches
-        assert not seen[-1][0] and seen[-1][1] == eval_pe  # the test (one batch of 16) comes last
-        assert sum(pe == eval_pe and not training for training, pe, _ in seen) == 3 + 1  # 3 validations, 1 test
+        assert sum(not training for training, _, _ in seen) == 3 * 2 * len(sharing)  # val + test, one batch each
+        assert sum(pe == eval_pe and not training for training, pe, _ in seen) == 3 * 2  # of them, this row's
         assert (train_pe == eval_pe) == (protocol == "paper") == (train_pe.method == "yarn")
-def test_table1_code_protocol_yarn_row_shares_rope_training(tmp_path, capsys):
+def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_epoch(tmp_path, capsys):
     rope = finetune.run_posgen("recursive", "rope", 7, TINY_PRESET, "code", tmp_path)
     yarn = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path)
     assert "recursive/rope/seed7 epoch 3/3  loss" in capsys.readouterr().err  # progress lines on stderr
-    dirs = {pe: finetune.run_dir(tmp_path, TINY_PRESET, "code", "recursive", pe, 7) for pe in ("rope", "yarn")}
+    code = finetune.HARNESSES["code"]
+    dirs = {pe: finetune.run_dir(tmp_path, TINY_PRESET, code, "recursive", pe, 7) for pe in ("rope", "yarn")}
     assert (dirs["rope"] / "ckpt.pt").exists() and not (dirs["yarn"] / "ckpt.pt").exists()
     assert (yarn["trained_as"], rope["trained_as"]) == ("rope", "rope") and yarn["train_s"] == 0 < rope["train_s"]
     assert [h["loss"] for h in yarn["history"]] == [h["loss"] for h in rope["history"]]  # one training
     log = json.loads((dirs["rope"] / "log.json").read_text())["epochs"]
     assert [h["val_loss"] for h in yarn["history"]] == [h["val"]["yarn"]["val_loss"] for h in log]
-    net, _ = finetune.load_posgen_checkpoint(dirs["rope"], "yarn")  # the RoPE model with YaRN's table
-    assert net.config.pe == finetune.posgen_pes("yarn", "code", 16, 32)[1]
-    seqs = posgen.make_splits("recursive", 96, 16, 16, 16, 32, seed=7)["test"]
-    assert finetune.evaluate_posgen(net, seqs, TINY_PRESET)["ood_acc"] == yarn["ood_acc"]
-    assert evaluate.main(["posgen", "--checkpoint", str(dirs["rope"]), "--pe", "yarn", "--json", str(tmp_path / "e")
-                          ]) == 0 and json.loads((tmp_path / "e").read_text())["ood_acc"] == yarn["ood_acc"]
+    for r in (rope, yarn):  # each row picks its epoch by its own table's validation ID accuracy, reports its test
+        val_id = [h["val"][r["pe"]]["id_acc"] for h in log]
+        assert r["epoch"] == r["by_select"]["best_val_id"]["epoch"] == 1 + val_id.index(max(val_id))
+        assert r["ood_acc"] == log[r["epoch"] - 1]["test"][r["pe"]]["ood_acc"] and r["by_select"]["last"]["epoch"] == 3
+    seqs = posgen.make_splits("recursive", 96, 16, 16, 16, 32, split="authors")["test"]
+    for select in finetune.SELECT_RULES:  # the kept checkpoints give the numbers each rule reports
+        net, state = finetune.load_posgen_checkpoint(dirs["rope"], "yarn", select)  # RoPE weights, YaRN's table
+        assert net.config.pe == finetune.posgen_pes("yarn", "code", 16, 32)[1]
+        assert state["epoch"] == yarn["by_select"][select]["epoch"]
+        assert finetune.evaluate_posgen(net, seqs, TINY_PRESET)["ood_acc"] == yarn["by_select"][select]["ood_acc"]
+    assert evaluate.main(["posgen", "--checkpoint", str(dirs["rope"]), "--pe", "yarn", "--select", "last", "--json",
+                          str(tmp_path / "e")]) == 0
+    assert json.loads((tmp_path / "e").read_text())["ood_acc"] == yarn["by_select"]["last"]["ood_acc"]
     assert f"evaluated with {net.config.pe}" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"^pe must be one of the rows"):
         finetune.load_posgen_checkpoint(dirs["rope"], "res_yarn")
-    # A result.json of an older format (no "trained_as") is not reused: the row is tested again.
-    (dirs["yarn"] / "result.json").write_text(json.dumps({k: v for k, v in yarn.items() if k != "trained_as"}))
+    # A result.json of other settings (an older format, say) is not reused: the row is read from its run again.
+    (dirs["yarn"] / "result.json").write_text(json.dumps({**yarn, "meta": {}, "ood_acc": -1}))
     again = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path)
     assert again["trained_as"] == "rope" and again["ood_acc"] == yarn["ood_acc"]
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*yarn.*give that run's directory"):
@@ -380,7 +464,8 @@ def test_table1_training_resume_is_bit_identical(tmp_path):
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
     resumed = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b")
     # the code protocol trains the YaRN row as the RoPE run
-    a, b = (finetune.run_dir(tmp_path / r, TINY_PRESET, "code", "recursive", "rope", 7) for r in "ab")
+    a, b = (finetune.run_dir(tmp_path / r, TINY_PRESET, finetune.HARNESSES["code"], "recursive", "rope", 7)
+            for r in "ab")
     ca, cb = (finetune.load_checkpoint(d / "ckpt.pt")["model"] for d in (a, b))
     assert resumed["epoch"] == straight["epoch"] == 3 and ca.keys() == cb.keys()
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
@@ -408,10 +493,10 @@ def test_table1_command_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_
     out, argv = tmp_path / "t1.json", ["table1", "--preset", "tiny", "--runs-dir", str(tmp_path / "runs")]
     assert evaluate.main([*argv, "--out", str(out)]) == 0
     text, data = capsys.readouterr().out, json.loads(out.read_text())
-    assert data["preset"] == "tiny" and data["protocol"] == finetune.DEFAULT_PROTOCOL
+    assert data["preset"] == "tiny" and data["harness"] == dataclasses.asdict(finetune.HARNESSES["code"])
     assert {(r["task"], r["pe"], r["seed"]) for r in data["runs"]} == {(t, pe, 7) for t in posgen.TASKS
                                                                       for pe in finetune.PE_NAMES}
-    assert all(0 <= r["id_acc"] <= 1 and 0 <= r["ood_acc"] <= 1 and r["wall_s"] > 0 for r in data["runs"])
+    assert all(0 <= r["id_acc"] <= 1 and 0 <= r["ood_acc"] <= 1 and r["epoch"] == 1 for r in data["runs"])
     assert sum(r["trained_as"] == r["pe"] for r in data["runs"]) == 6  # code protocol: YaRN rows share RoPE's
     assert (tmp_path / "t1_fig3.png").stat().st_size > 10000
     # One epoch of a tiny model learns nothing: every cell is "not comparable", none gets a number.
@@ -425,10 +510,12 @@ def test_table1_summary_variance_and_comparability():
     assert s["cot"]["rope"]["ood_mean"] == pytest.approx(60.0) and s["cot"]["rope"]["ood_var"] == pytest.approx(100)
     assert s["cot"]["rope"]["comparable"] and not s["cot"]["res_rope"]["comparable"]
     lines = evaluate.format_table1(s, "x").splitlines()
-    assert lines[0] == "x" and len({line.count("|") for line in lines[1:-1]}) == 1  # a Markdown table
+    assert lines[0] == "x" and len({line.count("|") for line in lines[1:-2]}) == 1  # a Markdown table
     row = next(line for line in lines if line.startswith("| Res. RoPE |"))
     assert "n/c" in row and "90.00" not in row  # an unlearned model's OOD number is not shown as a result
-    assert "| RoPE | 60.00 ± 100.00 (98.00) | 69.56 |" in lines and "| YaRN | not run | 98.71 |" in lines
+    assert "| RoPE | 60.00 ± 14.14 (98.00) | 69.56 (0.33) |" in lines and "| YaRN | not run | 98.71 (0.00) |" in lines
+    assert s["cot"]["rope"]["ood"] == pytest.approx([50, 70]) and s["cot"]["rope"]["seeds"] == [1, 2]
+    assert "CoT: not learned (ID < 95 %) by Res. RoPE: no comparison." in lines
 def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys):
     out = tmp_path / "fig" / "fig1.png"
     assert evaluate.main(["fig1", "--out", str(out)]) == 0
@@ -860,7 +947,9 @@ BAD_INPUT = [(f"{fn.__name__}-{p}={v!r}", lambda fn=fn, kw={**{q: GOOD[q] for q 
         (lambda: CHECK("fibonacci", "rope", "quick", "code"), "task.*'fibonacci'"),
         (lambda: CHECK("cot", "alibi", "quick", "code"), "^pe.*'alibi'"),
         (lambda: CHECK("cot", "rope", "huge", "code"), "preset.*'huge'"),
-        (lambda: CHECK("cot", "rope", "quick", "appendix"), "protocol.*'appendix'"),
+        (lambda: CHECK("cot", "rope", "quick", "appendix"), "harness.*'appendix'"),
+        (lambda: finetune.Harness(split="random"), "^split.*'random'"), (lambda: SPLITS("cot", split="x"), "^split"),
+        (lambda: model.TinyConfig(attention="alibi"), "^attention"),
         (lambda: finetune.posgen_pes("xpos"), "^pe.*'xpos'"), (lambda: model.TinyConfig(dropout=1.0), "dropout"),
         (lambda: model.TinyConfig(d_model=100, n_head=3), "^d_model"),
         (lambda: model.LlamaConfig(num_attention_heads=6, num_key_value_heads=4), "num_key_value_heads"),
