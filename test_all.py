@@ -504,6 +504,26 @@ def test_table1_command_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")}
     assert len(before) == 12 and evaluate.main([*argv, "--out", str(out)]) == 0  # finished runs are reused
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")} == before
+def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and_paired_differences(tmp_path, capsys,
+                                                                                                    monkeypatch):
+    monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
+    out, names = tmp_path / "ablation.json", ["full", "select=last", "split=disjoint"]
+    assert evaluate.main(["ablation", "--preset", "tiny", "--seeds", "7", "8", "--tasks", "cot", "--variants", *names,
+                          "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert [v["name"] for v in data["variants"]] == names and data["seeds"] == [7, 8]
+    full, last, split = data["variants"]
+    assert split["harness"] == {**full["harness"], "split": "disjoint"} and last["harness"]["select"] == "last"
+    assert {(r["task"], r["pe"], r["seed"]) for r in full["runs"]} == {("cot", pe, s) for pe in finetune.PE_NAMES
+                                                                         for s in (7, 8)}
+    for a, b in zip(full["runs"], last["runs"], strict=True):  # one run, read by the two rules
+        assert a["by_select"] == b["by_select"] and (b["epoch"], b["ood_acc"]) == (2, b["by_select"]["last"]["ood_acc"])
+        assert a["ood_acc"] == a["by_select"]["best_val_id"]["ood_acc"]
+    d = full["paired"]["cot"]["res_yarn-yarn"]
+    ood = {(r["pe"], r["seed"]): 100 * r["ood_acc"] for r in full["runs"]}
+    assert d["diff"] == pytest.approx([ood["res_yarn", s] - ood["yarn", s] for s in (7, 8)]) and d["seeds"] == [7, 8]
+    assert d["mean"] == pytest.approx(np.mean(d["diff"])) and d["std"] == pytest.approx(np.std(d["diff"], ddof=1))
+    assert "| split=disjoint | CoT |" in capsys.readouterr().out
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
@@ -1000,6 +1020,10 @@ evaluate.py posgen --checkpoint /nonexistent/run => no checkpoint at /nonexisten
 evaluate.py posgen --task cot => give --checkpoint, or --task and --pe
 evaluate.py table1 --preset huge => invalid choice: 'huge'
 evaluate.py table1 --protocol appendix => invalid choice: 'appendix'
+evaluate.py table1 --freeze-ffn maybe => argument --freeze-ffn: expected true or false, got 'maybe'
+evaluate.py ablation --variants nope => invalid choice: 'nope'
+evaluate.py ablation --seeds -3 => argument --seeds: must be in [0, 4.29497e+09], got -3
+finetune.py posgen --task cot --pe rope --split nope => invalid choice: 'nope'
 evaluate.py table1 --runs-dir {d}/plain => is a file, not a dir
 evaluate.py table1 --out {d}/dir => is a directory, not a file
 evaluate.py perplexity --model {d}/x.gguf => cannot read GGUF file
