@@ -169,8 +169,8 @@ def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int 
     for name, value in (("train_len", train_len), ("test_len", test_len)):
         if value <= j + k:
             raise ValueError(f"{name} must be > j+k = {j + k}, got {value}")
-    if split not in ("disjoint", "authors"):
-        raise ValueError(f"split must be 'disjoint' or 'authors', got {split!r}")
+    if split not in ("disjoint", "authors") or (split == "authors" and j + k > modulus):
+        raise ValueError(f"split must be 'disjoint' or 'authors' (which needs j+k <= modulus), got {split!r}")
     count = n_train + n_val + n_test
     if split == "authors":
         combos = list(itertools.islice(itertools.cycle(itertools.combinations(range(modulus), j + k)),

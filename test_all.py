@@ -969,6 +969,7 @@ BAD_INPUT = [(f"{fn.__name__}-{p}={v!r}", lambda fn=fn, kw={**{q: GOOD[q] for q 
         (lambda: CHECK("cot", "rope", "huge", "code"), "preset.*'huge'"),
         (lambda: CHECK("cot", "rope", "quick", "appendix"), "harness.*'appendix'"),
         (lambda: finetune.Harness(split="random"), "^split.*'random'"), (lambda: SPLITS("cot", split="x"), "^split"),
+        (lambda: SPLITS("cot", modulus=3, split="authors"), "^split.*j\\+k <= modulus"),
         (lambda: model.TinyConfig(attention="alibi"), "^attention"),
         (lambda: finetune.posgen_pes("xpos"), "^pe.*'xpos'"), (lambda: model.TinyConfig(dropout=1.0), "dropout"),
         (lambda: model.TinyConfig(d_model=100, n_head=3), "^d_model"),
