@@ -199,6 +199,8 @@ def cmd_posgen(args: argparse.Namespace) -> int:
                                          ft.training_run_pe(args.pe, harness.protocol), args.seed)
     net, state = ft.load_posgen_checkpoint(path, args.pe, harness.select)
     meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
+    if len(state["history"]) < p.epochs:
+        print(f"note: the run is unfinished (epoch {len(state['history'])}/{p.epochs})", file=sys.stderr)
     r = ft.evaluate_posgen(net, ft.posgen_data(meta)["test"], p)
     print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, harness {meta['harness']}, "
           f"trained as {meta['pe']}, epoch {state['epoch']} of {p.epochs}, {harness.select}); evaluated with "

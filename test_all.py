@@ -457,15 +457,17 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
         finetune.load_posgen_checkpoint(dirs["yarn"])
     # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
     assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path)["trained_as"] == "yarn"
-def test_table1_training_resume_is_bit_identical(tmp_path):
+def test_table1_training_resume_is_bit_identical(tmp_path, capsys):
     straight = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "a")
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
+    a, b = (finetune.run_dir(tmp_path / r, TINY_PRESET, finetune.HARNESSES["code"], "recursive", "rope", 7)
+            for r in "ab")
+    assert evaluate.main(["posgen", "--checkpoint", str(b), "--select", "last"]) == 0
+    assert "note: the run is unfinished (epoch 1/3)" in capsys.readouterr().err
     torch.manual_seed(999)  # a fresh process would have another RNG state: resume must restore its own
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
     resumed = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b")
-    # the code protocol trains the YaRN row as the RoPE run
-    a, b = (finetune.run_dir(tmp_path / r, TINY_PRESET, finetune.HARNESSES["code"], "recursive", "rope", 7)
-            for r in "ab")
+    # the code protocol trains the YaRN row as the RoPE run (directories a, b above)
     ca, cb = (finetune.load_checkpoint(d / "ckpt.pt")["model"] for d in (a, b))
     assert resumed["epoch"] == straight["epoch"] == 3 and ca.keys() == cb.keys()
     assert all(torch.equal(ca[k], cb[k]) for k in ca)
