@@ -265,7 +265,7 @@ def verdict(task: str, cells: dict, diffs: dict) -> str:
         res, base = key.split("-")
         parts.append(f"{TABLE1_PES[res]} − {TABLE1_PES[base]} = {d['mean']:+.1f} ± {d['std']:.1f} points ({n} "
                      f"seed{'s' if n > 1 else ''}: {claim})")
-    return f"{TABLE1_TASKS[task]}: " + "; ".join(parts) + "."
+    return f"{TABLE1_TASKS[task]}: " + ("; ".join(parts) or "no Resonance row beside its base row") + "."
 
 
 def format_table1(summary: dict, title: str) -> str:
@@ -339,7 +339,9 @@ def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 and Figure 3: every (task × PE × seed) of a preset; finished runs are reused."""
     preset, harness = ft.PRESETS[args.preset], ft.harness_from_args(args)
     seeds = args.seeds or list(preset.seeds)
-    suffix = "" if harness == ft.HARNESSES["code"] else "_" + harness.name.replace("+", "_").replace("=", "-")
+    own_select = harness.select == ft.HARNESSES[harness.protocol].select
+    tag = harness.name + ("" if own_select else f"+select={harness.select}")
+    suffix = "" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")
     out = Path(args.out or f"results/table1_{preset.name}{suffix}.json")
     t0 = time.perf_counter()
     runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or preset.tasks)],
