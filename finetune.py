@@ -521,9 +521,10 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
     """Train (or resume, or reuse) the run of one row and report its test accuracy at the epoch each rule selects.
 
     A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed", "harness",
-    "preset", "by_select": {rule: {"epoch", "id_acc", "ood_acc", "test_loss"}}, "epoch", "id_acc", "ood_acc",
-    "per_position" (those of ``harness.select``), "trained_as", "train_s", "history"}. A row sharing another row's
-    training has "trained_as" set to that row and train_s = 0: the time is counted once, on the row that owns it.
+    "preset", "by_select": {rule: the test's {"epoch", "loss", "id_acc", "ood_acc", "per_position"}}, "epoch",
+    "id_acc", "ood_acc", "per_position" (those of ``harness.select``), "trained_as", "train_s", "history"}. A row
+    sharing another row's training has "trained_as" set to that row and train_s = 0: the time is counted once,
+    on the row that owns it.
     """
     preset, harness = check_run_args(task, pe, preset, harness)
     meta, trained_as = run_meta(task, pe, seed, preset, harness), training_run_pe(pe, harness.protocol)
@@ -531,14 +532,12 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
     result = read_json(result_path, "a run") if result_path.is_file() else {}
     if result.get("meta") != json.loads(json.dumps(meta)):  # none yet, or of other settings or an older format
         state = train_posgen(task, pe, seed, preset, harness, runs_root, device)
-        by_select = {rule: select_epoch(state["history"], pe, rule) for rule in SELECT_RULES}
+        selected = {rule: select_epoch(state["history"], pe, rule) for rule in SELECT_RULES}
         history = [{k: v for k, v in h.items() if k not in ("val", "test")} | h.get("val", {}).get(pe, {})
-                   for h in state["history"]]
+                   for h in state["history"]]  # this row's validation numbers only
         result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "preset": preset.name, "trained_as": trained_as,
-                  "train_s": state["elapsed_s"] if trained_as == pe else 0.0, "history": history, "by_select": {
-                      rule: {"epoch": h["epoch"], "id_acc": h["test"][pe]["id_acc"], "ood_acc": h["test"][pe][
-                          "ood_acc"], "test_loss": h["test"][pe]["loss"], "per_position": h["test"][pe]["per_position"]}
-                      for rule, h in by_select.items()}}
+                  "train_s": state["elapsed_s"] if trained_as == pe else 0.0, "history": history,
+                  "by_select": {rule: {"epoch": h["epoch"], **h["test"][pe]} for rule, h in selected.items()}}
         write_json(result_path, result)
     chosen = result["by_select"][harness.select]
     return result | {"harness": dataclasses.asdict(harness), "epoch": chosen["epoch"], "id_acc": chosen["id_acc"],
