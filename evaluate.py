@@ -300,8 +300,8 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
             if val:
                 ax.plot([e for e, _ in val[0]], np.mean([[v for _, v in c] for c in val], axis=0), marker="o", ms=3,
                         label=name, color=f"C{color}", linestyle="--" if pe.startswith("res_") else "-")
-        learned = all(c["comparable"] for c in summary[task].values())
-        ax.set_title(TABLE1_TASKS[task] + ("" if learned else " (rule not learned: ID < 95%)"), fontsize=10)
+        unlearned = [TABLE1_PES[pe] for pe, c in summary[task].items() if not c["comparable"]]
+        ax.set_title(TABLE1_TASKS[task] + (f" (ID < 95%: {', '.join(unlearned)})" if unlearned else ""), fontsize=9)
         losses = [y for line in ax.get_lines() for y in line.get_ydata()]
         ax.set(xlabel="epoch", yscale="log" if max(losses) > 10 * min(losses) else "linear")  # log past a decade
         ax.grid(alpha=0.3)
