@@ -538,6 +538,16 @@ def test_table1_summary_variance_and_comparability():
     assert "| RoPE | 60.00 ± 14.14 (98.00) | 69.56 (0.33) |" in lines and "| YaRN | not run | 98.71 (0.00) |" in lines
     assert s["cot"]["rope"]["ood"] == pytest.approx([50, 70]) and s["cot"]["rope"]["seeds"] == [1, 2]
     assert "CoT: not learned (ID < 95 %) by Res. RoPE: no comparison." in lines
+def test_table1_verdict_one_sentence_per_task_from_paired_differences():
+    ood = {"rope": (50, 60), "res_rope": (70, 79), "yarn": (90, 90), "res_yarn": (91, 89)}  # OOD per seed
+    runs = [{"task": "recursive", "pe": pe, "seed": s, "id_acc": 0.99, "ood_acc": o[i] / 100} for pe, o in ood.items()
+            for i, s in enumerate((1, 2))]
+    s = evaluate.table1_summary(runs)
+    d = evaluate.paired_differences(s)["recursive"]
+    assert d["res_rope-rope"]["diff"] == pytest.approx([20, 19]) and d["res_yarn-yarn"]["mean"] == pytest.approx(0)
+    assert evaluate.verdict("recursive", s["recursive"], d) == (
+        "Recursive: Res. RoPE − RoPE = +19.5 ± 0.7 points (2 seeds: Resonance ahead); Res. YaRN − YaRN = +0.0 ± 1.4 "
+        "points (2 seeds: within 2 standard errors of 0: not separated).")
 def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys):
     out = tmp_path / "fig" / "fig1.png"
     assert evaluate.main(["fig1", "--out", str(out)]) == 0
