@@ -250,8 +250,8 @@ class Harness:
     select: str = "best_val_id"     # the reported epoch: the first with the best validation ID accuracy, or "last"
 
     def __post_init__(self):
-        for name, allowed in HARNESS_CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for name, allowed in {**HARNESS_CHOICES, "freeze_ffn": (True, False), "tie_head": (True, False)}.items():
+            if getattr(self, name) not in allowed or not isinstance(getattr(self, name), type(allowed[0])):
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     def training(self) -> dict:
