@@ -418,7 +418,7 @@ def _evaluate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset:
     val, test = {}, {}
     for name, table in tables.items():
         net.set_pe(table)
-        v, test[name] = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
+        v, test[name] = evaluate_posgen(net, data["val"], preset, dev), evaluate_posgen(net, data["test"], preset, dev)
         val[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
     net.set_pe(train_pe)
     return val, test
