@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import random
 import re
@@ -378,11 +379,17 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     switched off on its own, all four PEs, seed-major (the JSON is rewritten after every seed, so a stopped run
     keeps what finished)."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
-    seeds, out, runs = args.seeds, Path(args.out), {v: [] for v in variants}
+    out, runs = Path(args.out), {v: [] for v in variants}
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
+    old = ft.read_json(out, "an ablation results file") if out.is_file() else {}
+    if old.get("preset_config") == json.loads(json.dumps(dataclasses.asdict(preset))):  # same size: keep its seeds
+        for v in (v for v in old["variants"] if v["name"] in runs):
+            runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
+    seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
     for i, seed in enumerate(seeds):
         for v in variants:
-            runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
+            if not any(r["seed"] == seed for r in runs[v]):
+                runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
                     "paired": paired_differences(table1_summary(runs[v]))} for v in variants]
         ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": seeds[:i + 1],

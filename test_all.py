@@ -526,6 +526,10 @@ def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and
     assert d["diff"] == pytest.approx([ood["res_yarn", s] - ood["yarn", s] for s in (7, 8)]) and d["seeds"] == [7, 8]
     assert d["mean"] == pytest.approx(np.mean(d["diff"])) and d["std"] == pytest.approx(np.std(d["diff"], ddof=1))
     assert "| split=disjoint | CoT |" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "runs")  # the JSON's seeds are kept without their run directories: nothing retrains
+    assert evaluate.main(["ablation", "--preset", "tiny", "--seeds", "8", "--tasks", "cot", "--variants", *names,
+                          "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert not (tmp_path / "runs").exists() and json.loads(out.read_text())["variants"] == data["variants"]
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
