@@ -376,8 +376,8 @@ ABLATION = {"full": {}, "select=last": {"select": "last"}, "freeze_ffn=false": {
 
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Which harness settings does Table 1's ordering depend on: the full ``code`` harness, then each item
-    switched off on its own, all four PEs, seed-major (the JSON is rewritten after every seed, so a stopped run
-    keeps what finished)."""
+    switched off on its own, all four PEs, seed-major. The JSON is rewritten after every variant, and a later call
+    keeps what it holds for the same preset: a stopped run loses only the variant it was in."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
     out, runs = Path(args.out), {v: [] for v in variants}
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
@@ -386,13 +386,13 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         for v in (v for v in old["variants"] if v["name"] in runs):
             runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
-    for i, seed in enumerate(seeds):
-        for v in variants:
-            if not any(r["seed"] == seed for r in runs[v]):
-                runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
+    for seed, v in ((seed, v) for seed in seeds for v in variants):
+        if not any(r["seed"] == seed for r in runs[v]):
+            runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
                     "paired": paired_differences(table1_summary(runs[v]))} for v in variants]
-        ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": seeds[:i + 1],
+        done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in variants)]
+        ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": done,
                             "variants": results})
     print(format_ablation(results))
     print(f"wrote {out}")
