@@ -32,6 +32,7 @@ from torch.distributed.checkpoint import state_dict as dcp
 
 import model as model_lib
 import posgen
+from model import atomic_write
 from resonance import PE
 
 # ----------------------------------------------------------------------------------------------------------
@@ -120,13 +121,6 @@ def check_memory(nbytes: float, what: str) -> None:
     if nbytes > ram:
         raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
                          f"{ram / 2**30:.3g} GiB")
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Write beside the target, then rename: a kill leaves either the old file or the new one, never half."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write(f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)
 
 
 def write_json(path: str | Path, obj: object) -> None:
@@ -689,6 +683,7 @@ def prepare_llama_run(run: LlamaRun, world: int = 1) -> tuple[model_lib.Llama, o
     pe = PE.parse(run.pe, original_len=run.original_len, alpha=run.alpha, beta=run.beta)
     texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents())]
     net, tokenizer = model_lib.load_llama(run.model, pe), model_lib.load_tokenizer(run.model)
+    model_lib.rope_scaling_of(net.pe, net.train_len, net.config.head_dim, net.config.rope_theta)  # exportable?
     target_len = math.ceil(pe.factor * net.train_len)
     seq_len = run.seq_len or target_len
     steps = run.train_tokens // (run.batch_size * seq_len)
@@ -808,6 +803,24 @@ def cmd_llama(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A fine-tuned run (its ``model/``) or any model, with its PE (or ``--pe``), as files stock runtimes run:
+    an HF directory (transformers, vLLM) and/or a GGUF file (llama.cpp, ollama)."""
+    if not (args.hf or args.gguf):
+        raise ValueError("give --hf OUT_DIR and/or --gguf OUT.gguf")
+    source = Path(args.source) / "model" if (Path(args.source) / "model" / "config.json").is_file() else args.source
+    net = model_lib.load_llama(source, args.pe)
+    tokenizer = model_lib.load_tokenizer(source) if Path(model_lib.resolve_model_path(source)).is_file() or (
+        Path(source) / "tokenizer.json").is_file() else None
+    if args.hf:
+        model_lib.save_llama(net, args.hf, tokenizer)
+    if args.gguf:
+        model_lib.save_gguf(net, args.gguf, tokenizer, args.dtype)
+    print(f"{source} with pe {net.pe} written to {' and '.join(p for p in (args.hf, args.gguf) if p)}"
+          + ("" if tokenizer else " (no tokenizer found: GGUF tokenizer model 'no_vocab')"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="finetune.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -835,6 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=path_for("dir"), help="run directory (default runs/llama/<pe>)")
     p.add_argument("--device", type=device, help="default: cuda:LOCAL_RANK when available, else cpu")
     p.set_defaults(func=cmd_llama)
+    p = sub.add_parser("export", help="write a run's model (or any model) for stock transformers and llama.cpp")
+    p.add_argument("source", help="a run directory of 'finetune.py llama', an HF directory, a .gguf file or smollm2")
+    p.add_argument("--pe", type=pe_spelling, help="run it with this PE instead of its own")
+    p.add_argument("--hf", type=path_for("dir"), help="write an HF directory here")
+    p.add_argument("--gguf", type=path_for("file"), help="write a GGUF file here")
+    p.add_argument("--dtype", choices=model_lib.GGUF_DTYPES, default="f32", help="GGUF matrices (default f32)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

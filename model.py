@@ -184,21 +184,36 @@ class TinyTransformer(nn.Module):
 # checkpoint — an HF directory or a GGUF file — runs with any of those PEs without touching a weight.
 # Module and parameter names are HF's minus the "model." prefix, so an HF state dict maps key for key.
 
-HF_ROPE_TYPES = {"default": "rope", "linear": "linear", "ntk": "ntk", "dynamic": "dynamic_ntk", "yarn": "yarn"}
+HF_ROPE_TYPES = {"default": "rope", "linear": "linear", "ntk": "ntk", "dynamic": "dynamic_ntk", "yarn": "yarn",
+                 "llama3": "llama3", "longrope": "longrope"}  # HF's rope_type: our method ("ntk" is ours)
+_LONGROPE_KEYS = ("short_factor", "long_factor", "attention_factor", "short_mscale", "long_mscale")
 
 
 def pe_from_rope_scaling(rope_scaling: dict | None) -> PE:
-    """The PE of an HF ``rope_scaling`` / ``rope_parameters`` dict: types default, linear, dynamic and yarn, our
-    "ntk", and our extra keys "resonance" and "ramp". This is the one place HF's rope settings are read; a key
-    we would silently get wrong is an error."""
+    """The PE of an HF ``rope_scaling`` / ``rope_parameters`` dict: HF's types default, linear, dynamic, yarn,
+    llama3 and longrope, our "ntk", and what ``rope_scaling_of`` writes (a longrope encoding with our PE's name
+    under "pe", read by that name; ``load_llama`` checks the two agree). Old files of ours ("resonance": true on
+    an HF type) read as they always did. This is the one place HF's rope settings are read; a key we would
+    silently get wrong is an error."""
     d = {k: v for k, v in (rope_scaling or {}).items() if v is not None and k != "rope_theta"}  # HF 5 keeps b here
     rope_type = d.pop("rope_type", d.pop("type", "default"))
     d.pop("type", None)  # HF 4.x configs may carry both spellings
+    if "pe" in d:  # rope_scaling_of's longrope form: stock runtimes read the factors, we read the PE's name
+        pe = PE.parse(d.pop("pe"))
+        d = {k: v for k, v in d.items() if k not in _LONGROPE_KEYS} | {"resonance": pe.resonance}
+        rope_type = {m: t for t, m in HF_ROPE_TYPES.items()}[pe.method]
     if rope_type not in HF_ROPE_TYPES:
         raise ValueError(f"rope_scaling type must be one of {sorted(HF_ROPE_TYPES)}, got {rope_type!r}")
     method, factor = HF_ROPE_TYPES[rope_type], float(d.pop("factor", 1.0))
     kw = {"resonance": bool(d.pop("resonance", False)), "ramp": d.pop("ramp", "index"), "factor": 1.0 if method ==
-          "rope" else factor, "alpha": float(d.pop("beta_slow", 1.0)), "beta": float(d.pop("beta_fast", 32.0))}
+          "rope" else factor, "alpha": float(d.pop("beta_slow", d.pop("low_freq_factor", 1.0))),
+          "beta": float(d.pop("beta_fast", d.pop("high_freq_factor", 4.0 if method == "llama3" else 32.0)))}
+    if method == "longrope":
+        kw.update(short_factor=tuple(map(float, d.pop("short_factor"))), long_factor=tuple(map(float, d.pop(
+            "long_factor"))), attention_factor=d.pop("attention_factor", None))
+        if {d.pop("short_mscale", kw["attention_factor"]), d.pop("long_mscale", kw["attention_factor"])} != {
+                kw["attention_factor"]}:  # vLLM reads these two, transformers attention_factor
+            raise ValueError("rope_scaling short_mscale / long_mscale must equal attention_factor")
     original = d.pop("original_max_position_embeddings", None)
     if original is not None and method != "dynamic_ntk":  # HF's dynamic measures L_c against max_position_emb.
         kw["original_len"] = int(original)
@@ -206,24 +221,37 @@ def pe_from_rope_scaling(rope_scaling: dict | None) -> PE:
         raise ValueError("rope_scaling truncate=False (an unrounded YaRN correction range) is not supported")
     if d.pop("partial_rotary_factor", 1.0) != 1.0:
         raise ValueError("rope_scaling partial_rotary_factor != 1 (partial rotary) is not supported")
-    if d:  # e.g. an attention_factor override: one place computes YaRN's temperature (resonance.yarn_mscale)
+    if d:  # e.g. a yarn attention_factor override: one place computes YaRN's temperature (resonance.yarn_mscale)
         raise ValueError(f"rope_scaling key(s) {sorted(d)} are not supported")
     return PE(method, **kw)
 
 
-def rope_scaling_of(pe: PE, train_len: int) -> dict | None:
-    """HF ``rope_scaling`` for a PE (what ``pe_from_rope_scaling`` reads back), with our extra keys "resonance"
-    and "ramp"; None for plain RoPE. L = ``train_len`` is written as ``original_max_position_embeddings``,
-    except for Dynamic NTK (HF measures L_c against ``max_position_embeddings`` there)."""
-    if pe.method == "rope":
-        return {"rope_type": "default", "resonance": True} if pe.resonance else None
-    d = {"rope_type": {m: t for t, m in HF_ROPE_TYPES.items()}[pe.method], "factor": pe.factor,
-         "resonance": pe.resonance}
-    if pe.method != "dynamic_ntk":
-        d["original_max_position_embeddings"] = train_len
-    if pe.method == "yarn":
-        d.update(beta_fast=pe.beta, beta_slow=pe.alpha, ramp=pe.ramp)
-    return d
+def rope_scaling_of(pe: PE, train_len: int, head_dim: int, base: float) -> dict | None:
+    """HF ``rope_scaling`` with which stock transformers runs exactly ``pe`` (None for plain RoPE): HF's own
+    type where one exists (linear, dynamic, yarn with the index ramp, llama3, longrope), else — every Resonance
+    PE, NTK-aware, YaRN's paper ramp — "longrope" with short = long = f_j = θ_j/θ̃_j and ``attention_factor`` =
+    mscale (also as vLLM's ``short_mscale`` / ``long_mscale``), plus our PE's name under "pe". L = ``train_len``
+    is ``original_max_position_embeddings``, except for Dynamic NTK (HF measures L_c against
+    ``max_position_embeddings`` there). A PE no stock runtime can run (Resonance on Dynamic NTK) is an error."""
+    if pe.resonance and (pe.method == "dynamic_ntk" or (pe.method == "longrope" and pe.short_factor != pe.long_factor)):
+        raise ValueError(f"pe {pe}: Resonance on a length-dependent scaling is not a stock runtime's; it cannot be "
+                         "exported")
+    if pe.method == "rope" and not pe.resonance:
+        return None
+    d = {"factor": pe.factor} | ({} if pe.method == "dynamic_ntk" else {"original_max_position_embeddings": train_len})
+    d |= {"yarn": {"beta_fast": pe.beta, "beta_slow": pe.alpha},
+          "llama3": {"low_freq_factor": pe.alpha, "high_freq_factor": pe.beta}}.get(pe.method, {})
+    stock = pe.method in ("linear", "dynamic_ntk", "llama3", "longrope") or (pe.method == "yarn" and pe.ramp == "index")
+    if stock and not pe.resonance:
+        if pe.method == "longrope":
+            d |= {"short_factor": list(pe.short_factor), "long_factor": list(pe.long_factor)} | (
+                {} if pe.attention_factor is None else {"attention_factor": pe.attention_factor})
+        return {"rope_type": {m: t for t, m in HF_ROPE_TYPES.items()}[pe.method], **d}
+    theta, mscale = pe.inv_freq(head_dim, base, train_len)
+    f = (resonance.rope_inv_freq(head_dim, base) / theta).tolist()
+    ours = {"pe": str(pe)} | ({"ramp": pe.ramp} if pe.method == "yarn" else {}) if pe.method != "longrope" else {}
+    return {"rope_type": "longrope", **d, "short_factor": f, "long_factor": f, "attention_factor": mscale,
+            "short_mscale": mscale, "long_mscale": mscale, **ours}
 
 
 @dataclasses.dataclass
@@ -267,6 +295,10 @@ class LlamaConfig:
         kw["rope_theta"] = params.get("rope_theta", kw.get("rope_theta", 10000.0))
         if params.get("rope_type", params.get("type", "default")) != "default" or params.get("resonance"):
             kw["rope_scaling"] = params
+        rs = kw.get("rope_scaling") or {}
+        if rs.get("rope_type", rs.get("type")) == "longrope" and "factor" not in rs:  # HF's rule for s
+            kw["rope_scaling"] = rs | {"factor": max(1.0, kw.get("max_position_embeddings", 2048) / rs.get(
+                "original_max_position_embeddings", kw.get("max_position_embeddings", 2048)))}
         missing = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"} - {*kw}
         if missing:
             raise ValueError(f"config.json lacks {sorted(missing)}")
@@ -464,6 +496,14 @@ def resolve_model_path(path: str | os.PathLike) -> str:
     return str(path)
 
 
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """``write(tmp_path)`` beside the target, then rename: a kill leaves either the old file or the new one, never
+    half of one."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write(f"{path}.tmp")
+    os.replace(f"{path}.tmp", path)
+
+
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -538,6 +578,15 @@ def _gguf_config(reader, field, source: str) -> LlamaConfig:
             rope_scaling["original_max_position_embeddings"] = int(field("llama.rope.scaling.original_context_length"))
     elif kind != "none":
         raise ValueError(f"GGUF llama.rope.scaling.type {kind!r} is not supported")
+    freqs = next((t.data for t in reader.tensors if t.name == "rope_freqs.weight"), None)
+    attn = float(field("llama.rope.scaling.attn_factor", 1.0))
+    if freqs is not None or attn != 1.0:  # llama.cpp: θ_j / rope_freqs_j, cos and sin × attn_factor (Llama 3.1, ours)
+        if kind != "none":
+            raise ValueError(f"{source}: rope_freqs / attn_factor with rope scaling {kind!r} are not supported")
+        f = [float(x) for x in freqs] if freqs is not None else [1.0] * (head_dim // 2)
+        rope_scaling = {"rope_type": "longrope", "short_factor": f, "long_factor": f, "attention_factor": attn,
+                        "original_max_position_embeddings": int(field("llama.rope.scaling.original_context_length",
+                                                                      field("llama.context_length")))}
     return LlamaConfig(
         vocab_size=int(field("llama.vocab_size", 0)) or len(field("tokenizer.ggml.tokens")), hidden_size=hidden,
         intermediate_size=int(field("llama.feed_forward_length")), num_hidden_layers=int(field("llama.block_count")),
@@ -552,7 +601,7 @@ def _gguf_tensors(reader, config: LlamaConfig, source: str) -> dict[str, torch.T
     """Every tensor dequantised to float32 (``gguf.quants.dequantize``: F32, F16, BF16, Q4_0 … Q8_0, K-quants)
     under our names, Q and K rows put back in HF's order."""
     quants, out = _optional_import("gguf.quants"), {}
-    for t in reader.tensors:
+    for t in (t for t in reader.tensors if t.name != "rope_freqs.weight"):  # that one is the PE's (_gguf_config)
         m = re.fullmatch(r"(?:blk\.(\d+)\.)?(\w+)\.weight", t.name)  # blk.<layer>.<name> or a top-level name
         top = ("token_embd", "output_norm", "output")
         if not m or m.group(2) not in _GGUF_NAMES or (m.group(1) is None) != (m.group(2) in top):
@@ -596,7 +645,13 @@ def load_llama(path: str | os.PathLike, pe: str | PE | None = None, *, dtype: to
         reader, field = _gguf_reader(str(source))
         config = _gguf_config(reader, field, str(source))
         tensors = _gguf_tensors(reader, config, str(source))
-    own = pe_from_rope_scaling(config.rope_scaling)
+    own, rs = pe_from_rope_scaling(config.rope_scaling), config.rope_scaling or {}
+    if "pe" in rs and "short_factor" in rs:  # our PE's name must say what the stock runtimes' factors do
+        args = config.head_dim, config.rope_theta
+        ours, stock = own.inv_freq(*args, config.max_position_embeddings)[0], resonance.longrope_inv_freq(
+            *args, rs["short_factor"])
+        if not torch.allclose(ours, stock, rtol=1e-6, atol=0):
+            raise ValueError(f"{source}: rope_scaling 'pe' {rs['pe']!r} disagrees with its short_factor")
     if pe is not None and pe.original_len is None:
         pe = dataclasses.replace(pe, original_len=own.original_len)
     model = Llama(config, pe or own)
@@ -614,10 +669,12 @@ def load_llama(path: str | os.PathLike, pe: str | PE | None = None, *, dtype: to
 _GPT2_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-GGUF_PRE_TOKENIZERS = {"gpt2": [_GPT2_SPLIT], "default": [_GPT2_SPLIT], "mpt": [_GPT2_SPLIT], "olmo": [_GPT2_SPLIT],
+GGUF_PRE_TOKENIZERS = {"gpt-2": [_GPT2_SPLIT], "mpt": [_GPT2_SPLIT], "olmo": [_GPT2_SPLIT],
                        "llama3": [_LLAMA3_SPLIT], "llama-bpe": [_LLAMA3_SPLIT], "smaug-bpe": [_LLAMA3_SPLIT],
                        # digits one by one, then GPT-2's split
-                       **{name: [r"\p{N}", _GPT2_SPLIT] for name in ("smollm", "starcoder", "refact")}}
+                       **{name: [r"\p{N}", _GPT2_SPLIT] for name in ("smollm", "starcoder", "refact")},
+                       # llama.cpp's choice when a file names none: punctuation runs, GPT-2's, digit runs, 3 digits
+                       "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+", "[0-9][0-9][0-9]"]}
 
 
 def _gguf_tokenizer(field, source: str):
@@ -629,7 +686,7 @@ def _gguf_tokenizer(field, source: str):
     if pre not in GGUF_PRE_TOKENIZERS:
         raise ValueError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported, only {sorted(GGUF_PRE_TOKENIZERS)}")
     tokens = field("tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges")]
+    merges = [tuple(m.split(" ", 1)) for m in field("tokenizer.ggml.merges", [])]
     tokenizer = tk.Tokenizer(tk.models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
     splits = [tk.pre_tokenizers.Split(tk.Regex(r), behavior="isolated") for r in GGUF_PRE_TOKENIZERS[pre]]
     tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
@@ -663,7 +720,7 @@ def save_llama(model: Llama, out_dir: str | os.PathLike, tokenizer=None) -> None
     takes its place by rename, so a crash leaves the previous directory (or none), never a half-written one.
     """
     out, c, pe = Path(out_dir), model.config, model.pe
-    scaling = rope_scaling_of(pe, model.train_len)
+    scaling = rope_scaling_of(pe, model.train_len, c.head_dim, c.rope_theta)
     # HF derives YaRN's factor from max_position_embeddings / original_max_position_embeddings: keep them s apart
     max_pos = math.ceil(pe.factor * model.train_len) if scaling and pe.method != "dynamic_ntk" and \
         "factor" in scaling else c.max_position_embeddings
@@ -690,3 +747,112 @@ def save_llama(model: Llama, out_dir: str | os.PathLike, tokenizer=None) -> None
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """HF's rotate-half row order → llama.cpp's interleaved one (what its converter does; ``_unpermute_qk``'s
+    inverse)."""
+    out, d_in = w.shape
+    return w.reshape(n_head, 2, out // n_head // 2, d_in).transpose(1, 2).reshape(out, d_in)
+
+
+def _gguf_vocab(tokenizer, n_vocab: int) -> dict:
+    """A byte-level BPE ``tokenizers.Tokenizer`` as GGUF tokenizer metadata: tokens in id order (padded to the
+    model's vocabulary with unused "[PAD<i>]" as llama.cpp's converter does), types (3 = control for special
+    tokens), merges, and the ``tokenizer.ggml.pre`` whose regexes are its pre-tokenizer's."""
+    spec = json.loads(tokenizer.to_str())
+    if spec["model"]["type"] != "BPE" or (spec.get("decoder") or {}).get("type") != "ByteLevel":
+        raise ValueError("save_gguf: only a byte-level BPE tokenizer (GPT-2 style) can be written to GGUF")
+    pre = spec.get("pre_tokenizer") or {}
+    regexes = []
+    for p in pre.get("pretokenizers", [pre]):
+        if p["type"] == "Split" and "Regex" in p["pattern"]:
+            regexes.append(p["pattern"]["Regex"])
+        elif p["type"] == "Digits" and p.get("individual_digits"):
+            regexes.append(r"\p{N}")
+        elif p["type"] == "ByteLevel" and p.get("use_regex", True):
+            regexes.append(_GPT2_SPLIT)
+    name = next((n for n, r in GGUF_PRE_TOKENIZERS.items() if r == regexes), None)
+    if name is None:
+        raise ValueError(f"save_gguf: the tokenizer's pre-tokenizer ({pre.get('type')}) has no llama.cpp equivalent")
+    vocab, special = tokenizer.get_vocab(with_added_tokens=True), {t.content for t in
+                                                                   tokenizer.get_added_tokens_decoder().values()}
+    if len(vocab) > n_vocab or sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"save_gguf: the tokenizer's ids must be 0 … n−1 with n ≤ the model's {n_vocab}")
+    tokens = sorted(vocab, key=vocab.get) + [f"[PAD{i}]" for i in range(len(vocab), n_vocab)]
+    types = [3 if t in special else 1 for t in tokens[:len(vocab)]] + [5] * (n_vocab - len(vocab))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    return {"tokens": tokens, "types": types, "merges": merges, "pre": name}
+
+
+GGUF_DTYPES = ("f32", "f16", "q8_0")
+
+
+def _gguf_arrays(model: Llama, dtype: str) -> dict:
+    """Every weight under llama.cpp's name (``_GGUF_NAMES`` backwards), Q/K rows in its order, as (numpy array,
+    quantisation type or None): 1-D tensors F32, matrices in ``dtype`` (F16 where Q8_0's 32-wide blocks don't fit)."""
+    gguf, names, c, out = _optional_import("gguf"), {v: k for k, v in _GGUF_NAMES.items()}, model.config, {}
+    for key, t in model.state_dict().items():
+        if key == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        layer, name = re.fullmatch(r"(?:layers\.(\d+)\.)?(.+)\.weight", key).groups()
+        t = t.detach().float().cpu()
+        if names[name] in ("attn_q", "attn_k"):
+            t = _permute_qk(t, c.num_attention_heads if names[name] == "attn_q" else c.num_key_value_heads)
+        a, qtype = t.numpy(), None
+        if a.ndim == 2 and dtype == "q8_0" and a.shape[1] % 32 == 0:
+            a, qtype = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
+        elif a.ndim == 2 and dtype != "f32":
+            a = a.astype("float16")
+        out[("" if layer is None else f"blk.{layer}.") + names[name] + ".weight"] = (a, qtype)
+    return out
+
+
+def save_gguf(model: Llama, path: str | os.PathLike, tokenizer=None, dtype: str = "f32") -> None:
+    """Write ``model`` as a llama-architecture GGUF that llama.cpp runs with the model's exact PE: plain RoPE
+    as such; any other static PE as rope scaling "none" + the tensor ``rope_freqs`` = θ_j/θ̃_j (llama.cpp divides
+    θ_j by it) + ``rope.scaling.attn_factor`` = mscale. Q/K rows go back to llama.cpp's interleaved order;
+    ``dtype``: "f32", "f16" or "q8_0" for the matrices (norms and rope_freqs stay F32). ``tokenizer``: a byte-level
+    BPE ``tokenizers.Tokenizer`` (vocabulary, merges, pre-tokenizer); None writes tokenizer model "no_vocab".
+    A PE llama.cpp cannot run (Dynamic NTK, LongRoPE's short/long switch) is an error. Atomic."""
+    gguf, c, pe = _optional_import("gguf"), model.config, model.pe
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"dtype must be one of {GGUF_DTYPES}, got {dtype!r}")
+    if pe.method == "dynamic_ntk" or (pe.method == "longrope" and pe.short_factor != pe.long_factor):
+        raise ValueError(f"pe {pe}: llama.cpp has no length-dependent RoPE; it cannot be exported to GGUF")
+    theta, mscale = pe.inv_freq(c.head_dim, c.rope_theta, model.train_len)
+    max_pos = math.ceil(pe.factor * model.train_len) if pe.method != "rope" else c.max_position_embeddings
+    w = gguf.GGUFWriter(None, "llama")
+    w.add_context_length(max_pos)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    w.add_rope_dimension_count(c.head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_theta)
+    w.add_vocab_size(c.vocab_size)
+    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    if pe != PE():
+        w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
+        w.add_rope_scaling_orig_ctx_len(model.train_len)
+        w.add_rope_scaling_attn_factors(mscale)
+        w.add_tensor("rope_freqs.weight", (resonance.rope_inv_freq(c.head_dim, c.rope_theta) / theta).float().numpy())
+    if tokenizer is None:
+        w.add_tokenizer_model("no_vocab")
+    else:
+        v = _gguf_vocab(tokenizer, c.vocab_size)
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre(v["pre"])
+        w.add_token_list(v["tokens"])
+        w.add_token_types(v["types"])
+        w.add_token_merges(v["merges"])
+        w.add_add_bos_token(False)
+    for name, (array, raw_dtype) in _gguf_arrays(model, dtype).items():
+        w.add_tensor(name, array, raw_dtype=raw_dtype)
+    atomic_write(path, lambda tmp: (w.write_header_to_file(tmp), w.write_kv_data_to_file(),
+                                    w.write_tensors_to_file(), w.close()))

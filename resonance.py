@@ -27,7 +27,7 @@ import sys
 
 import torch
 
-METHODS = ("rope", "linear", "ntk", "dynamic_ntk", "yarn")
+METHODS = ("rope", "linear", "ntk", "dynamic_ntk", "yarn", "llama3")  # by name; "longrope" takes per-feature factors
 RAMPS = ("paper", "index")
 
 
@@ -156,6 +156,29 @@ def yarn_inv_freq(dim: int, base: float, train_len: int, factor: float, alpha: f
     raise ValueError(f"ramp must be one of {RAMPS}, got {ramp!r}")
 
 
+def llama3_inv_freq(dim: int, base: float, train_len: int, factor: float, low: float = 1.0,
+                    high: float = 4.0) -> torch.Tensor:
+    """Llama 3.1's scaling (HF ``rope_type="llama3"``): YaRN's ramp in rotations r_j = L/λ_j, blending
+    frequencies, without a temperature: θ̂_j = (1 − γ_j)·θ_j/s + γ_j·θ_j, γ_j = clamp((r_j − low)/(high − low)).
+    Features making fewer than ``low`` rotations over L are interpolated, more than ``high`` kept (1 and 4 in
+    Llama 3.1)."""
+    if not train_len > 0 or not 1 <= factor < math.inf or not 0 < low < high < math.inf:
+        raise ValueError(f"train_len must be > 0, factor >= 1 and 0 < low < high, got {train_len!r}, {factor!r}, "
+                         f"{low!r}, {high!r}")
+    theta = rope_inv_freq(dim, base)
+    gamma = ((train_len * theta / (2 * math.pi) - low) / (high - low)).clamp(0.0, 1.0)
+    return (1 - gamma) * theta / factor + gamma * theta
+
+
+def longrope_inv_freq(dim: int, base: float, factors) -> torch.Tensor:
+    """LongRoPE's per-feature rescaling (HF ``rope_type="longrope"``, llama.cpp's ``rope_freqs``): θ_j / f_j. Any
+    frequencies θ̃ are this with f_j = θ_j/θ̃_j, which is how a Resonance model is written for stock runtimes."""
+    theta, f = rope_inv_freq(dim, base), torch.as_tensor(factors, dtype=torch.float64).reshape(-1)
+    if f.numel() != theta.numel() or not bool(torch.isfinite(f).all() and (f > 0).all()):
+        raise ValueError(f"factors must be {theta.numel()} finite numbers > 0 (one per feature), got {f.numel()}")
+    return theta / f
+
+
 def yarn_mscale(factor: float) -> float:
     """YaRN's attention temperature √(1/t) = 0.1·ln s + 1 (1 for s ≤ 1). It multiplies both cos and sin, so q
     and k each get it once and the logits q·k get it squared (1/t)."""
@@ -167,9 +190,12 @@ class PE:
     """A position encoding of the paper, spelled ``[res_]METHOD[:FACTOR]``: "rope", "res_rope", "yarn:4",
     "res_yarn:4", "ntk:2", "dynamic_ntk" (``PE.parse``; ``str(pe)`` gives the spelling back).
 
-    method: one of METHODS; factor: s (1 for "rope"); resonance: Alg. 1 after the scaling; original_len: L, the
-    context the scaling starts from (None: the model's); alpha, beta, ramp: YaRN's α, β (HF ``beta_slow``,
-    ``beta_fast``; 1 and 32 as for LLaMA, App. C.2) and ramp ("index": YaRN's code and HF; "paper": Sec. 3.3).
+    method: one of METHODS or "longrope"; factor: s (1 for "rope"); resonance: Alg. 1 after the scaling;
+    original_len: L, the context the scaling starts from (None: the model's); alpha, beta, ramp: YaRN's α, β (HF
+    ``beta_slow``, ``beta_fast``; 1 and 32 as for LLaMA, App. C.2) and ramp ("index": YaRN's code and HF; "paper":
+    Sec. 3.3); for "llama3" α, β are ``low_freq_factor``, ``high_freq_factor`` (``parse`` gives 1 and 4).
+    "longrope" (loaded from a config, not spelled): θ_j / f_j with f = ``short_factor`` up to L and
+    ``long_factor`` beyond (HF's rule), times ``attention_factor`` (None: HF's √(1 + ln s / ln L)).
     """
 
     method: str = "rope"
@@ -179,10 +205,17 @@ class PE:
     alpha: float = 1.0
     beta: float = 32.0
     ramp: str = "index"
+    short_factor: tuple[float, ...] | None = None
+    long_factor: tuple[float, ...] | None = None
+    attention_factor: float | None = None
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in (*METHODS, "longrope"):
+            raise ValueError(f"method must be one of {(*METHODS, 'longrope')}, got {self.method!r}")
+        if (self.method == "longrope") != (self.short_factor is not None and self.long_factor is not None):
+            raise ValueError("short_factor and long_factor are given for method 'longrope', and only for it")
+        if self.attention_factor is not None and not 0 < self.attention_factor < math.inf:
+            raise ValueError(f"attention_factor must be a finite number > 0 or None, got {self.attention_factor!r}")
         if not 1 <= self.factor < math.inf or (self.method == "rope" and self.factor != 1):
             raise ValueError(f"factor must be a finite number >= 1 (1 for rope), got {self.factor!r}")
         L = self.original_len
@@ -206,14 +239,16 @@ class PE:
             s = float(factor) if colon else 1.0
         except ValueError:
             raise ValueError(f"pe {spec!r}: the factor must be a number, got {factor!r}") from None
-        return cls(method, s, name.startswith("res_"), **fields)
+        defaults = {"beta": 4.0} if method == "llama3" else {}
+        return cls(method, s, name.startswith("res_"), **(defaults | fields))
 
     def __str__(self) -> str:
         return f"{'res_' if self.resonance else ''}{self.method}" + (f":{self.factor:g}" if self.factor != 1 else "")
 
     def label(self) -> str:
         """A name for tables and plots: "RoPE", "Res. YaRN s=4", …"""
-        names = {"rope": "RoPE", "linear": "PI", "ntk": "NTK-aware", "dynamic_ntk": "Dynamic NTK", "yarn": "YaRN"}
+        names = {"rope": "RoPE", "linear": "PI", "ntk": "NTK-aware", "dynamic_ntk": "Dynamic NTK", "yarn": "YaRN",
+                 "llama3": "Llama 3", "longrope": "LongRoPE"}
         name = ("Res. " if self.resonance else "") + names[self.method]
         return name if self.factor == 1 else f"{name} s={self.factor:g}"
 
@@ -234,9 +269,15 @@ class PE:
             theta = ntk_inv_freq(dim, base, s)
         elif self.method == "dynamic_ntk":
             theta = dynamic_ntk_inv_freq(dim, base, L, seq_len or L, s)
+        elif self.method == "llama3":
+            theta = llama3_inv_freq(dim, base, L, s, self.alpha, self.beta)
+        elif self.method == "longrope":
+            theta = longrope_inv_freq(dim, base, self.long_factor if (seq_len or L) > L else self.short_factor)
         else:
             theta = yarn_inv_freq(dim, base, L, s, self.alpha, self.beta, self.ramp)
         theta = resonance(theta) if self.resonance else theta
+        if self.method == "longrope":
+            return theta, self.attention_factor or (math.sqrt(1 + math.log(s) / math.log(L)) if s > 1 else 1.0)
         return theta, yarn_mscale(s) if self.method == "yarn" else 1.0
 
 

