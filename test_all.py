@@ -863,6 +863,33 @@ def test_llama_smollm2_tokenizer_equals_transformers(smollm2):
     spaces = tok.encode("\n    0").ids
     assert tok.decode(spaces[:1]) == "\n    " and tok.decode(spaces[1:]) == "0"
 
+@needs_smollm2
+def test_llama_smollm2_res_yarn_runs_in_stock_transformers_and_llama_cpp(smollm2, tmp_path):
+    """The README's numbers: SmolLM2 with res_yarn:2, exported, against ours on 1,024 tokens of real text."""
+    from transformers import AutoModelForCausalLM
+    ours, tok, _ = smollm2
+    ids = torch.tensor([tok.encode((STDLIB / "_pydecimal.py").read_text()[:8000]).ids[:1024]])
+    ours.set_pe(PE.parse("res_yarn:2", original_len=8192))
+    try:
+        model.save_llama(ours, tmp_path / "hf", tok)
+        with torch.no_grad():
+            want = ours(ids)[0]
+            hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()
+            err = {"transformers": (hf(ids).logits[0] - want).abs().max().item()}
+        del hf
+        if importlib.util.find_spec("llama_cpp"):
+            import llama_cpp
+            model.save_gguf(ours, tmp_path / "m.gguf", tok)
+            cpp = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=1024, logits_all=True, type_k=0, type_v=0,
+                                  verbose=False)
+            assert cpp.tokenize((STDLIB / "_pydecimal.py").read_text()[:8000].encode(), add_bos=False)[:1024] == \
+                ids[0].tolist()
+            cpp.eval(ids[0].tolist())
+            err["llama.cpp"] = (torch.from_numpy(np.array(cpp.scores[:1024])) - want).abs().max().item()
+    finally:
+        ours.set_pe(PE(original_len=None))
+    print(f"\nSmolLM2 res_yarn:2, max |Δlogit| vs ours on 1,024 tokens: {err}")
+    assert err["transformers"] <= 2e-3 and err.get("llama.cpp", 0.0) <= 3e-3
 
 # ================================ (7) Fine-tuning (Sec. 6.2.1, finetune.py llama) ================================
 
