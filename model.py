@@ -837,7 +837,7 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer=None, dtype: str 
     w.add_vocab_size(c.vocab_size)
     w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                      "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
-    if pe != PE():
+    if pe.method != "rope" or pe.resonance:
         w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
         w.add_rope_scaling_orig_ctx_len(model.train_len)
         w.add_rope_scaling_attn_factors(mscale)
