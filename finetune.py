@@ -372,9 +372,10 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
 
 
 def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
-    """What identifies a training run; "format" 3: the harness settings and a test at every validation."""
+    """What identifies a training run; "format" 4: the harness settings, validation every ``val_every`` epochs,
+    the test once per selection rule at the end."""
     return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
-            "format": 3}
+            "format": 4}
 
 
 def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
@@ -407,15 +408,15 @@ def posgen_optimizer(net: torch.nn.Module, preset: Preset, schedule: str, total_
                                                     cycle_momentum=schedule == "authors")
 
 
-def _evaluate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> tuple[dict, dict]:
-    """Validation and test loss and accuracy under each row's evaluation table; the training table is put back."""
-    val, test = {}, {}
+def _validate_rows(net, tables: dict[str, PE], train_pe: PE, val: np.ndarray, preset: Preset, dev) -> dict:
+    """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
+    out = {}
     for name, table in tables.items():
         net.set_pe(table)
-        v, test[name] = evaluate_posgen(net, data["val"], preset, dev), evaluate_posgen(net, data["test"], preset, dev)
-        val[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
+        v = evaluate_posgen(net, val, preset, dev)
+        out[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
     net.set_pe(train_pe)
-    return val, test
+    return out
 
 
 def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
@@ -430,11 +431,11 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
     Cross-entropy on every token after the given prefix; ``posgen_optimizer``; batches from a seeded generator
-    checkpointed with the model, optimizer, schedule and dropout RNG. Each validation scores the val *and* test
-    splits under the evaluation table of every row sharing this run, so both selection rules read one run; a
-    row's best-val-ID weights are also kept (``best-<row>.pt``). ``stop_after``: at most this many epochs in this
-    call (as if killed). Returns {"epoch", "elapsed_s", "history"}: rows {"epoch", "loss", "lr", "elapsed_s"}
-    and, on validation epochs, "val" and "test": {row: accuracies}.
+    checkpointed with the model, optimizer, schedule and dropout RNG. Every ``val_every`` epochs (and the last)
+    the val split is scored under the evaluation table of every row sharing this run, and a row's best-val-ID
+    weights are kept (``best-<row>.pt``), so both selection rules read one run (``test_selected``).
+    ``stop_after``: at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s",
+    "history"}: rows {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: accuracies}.
     """
     (preset, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
     sharing = pes_sharing(pe, harness.protocol)
@@ -465,7 +466,7 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
             loss_sum += loss.detach()
         row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"], row["test"] = _evaluate_rows(net, tables, train_pe, data, preset, dev)
+            row["val"] = _validate_rows(net, tables, train_pe, data["val"], preset, dev)
         row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
         state["history"].append(row)
         state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
@@ -509,6 +510,18 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
     return net.eval(), state
 
 
+def test_selected(path: str | Path, pe: str, device: str = "cpu") -> dict:
+    """The test split scored once per selection rule, with the weights the rule selects (``best-<pe>.pt`` or the
+    last ``ckpt.pt``) under row ``pe``'s table: {rule: {"epoch", "loss", "id_acc", "ood_acc", "per_position"}}."""
+    out, dev = {}, torch.device(device)
+    for rule in SELECT_RULES:
+        net, state = load_posgen_checkpoint(path, pe, rule)
+        meta = state["meta"]
+        p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
+        out[rule] = {"epoch": state["epoch"], **evaluate_posgen(net.to(dev), posgen_data(meta)["test"], p, dev)}
+    return out
+
+
 def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
                runs_root: str | Path = "runs", device: str = "cpu") -> dict:
     """Train (or resume, or reuse) the run of one row and report its test accuracy at the epoch each rule selects.
@@ -525,12 +538,11 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
     result = read_json(result_path, "a run") if result_path.is_file() else {}
     if result.get("meta") != json.loads(json.dumps(meta)):  # none yet, or of other settings or an older format
         state = train_posgen(task, pe, seed, preset, harness, runs_root, device)
-        selected = {rule: select_epoch(state["history"], pe, rule) for rule in SELECT_RULES}
-        history = [{k: v for k, v in h.items() if k not in ("val", "test")} | h.get("val", {}).get(pe, {})
+        history = [{k: v for k, v in h.items() if k != "val"} | h.get("val", {}).get(pe, {})
                    for h in state["history"]]  # this row's validation numbers only
         result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "preset": preset.name, "trained_as": trained_as,
                   "train_s": state["elapsed_s"] if trained_as == pe else 0.0, "history": history,
-                  "by_select": {rule: {"epoch": h["epoch"], **h["test"][pe]} for rule, h in selected.items()}}
+                  "by_select": test_selected(run_dir(runs_root, preset, harness, task, trained_as, seed), pe, device)}
         write_json(result_path, result)
     chosen = result["by_select"][harness.select]
     return result | {"harness": dataclasses.asdict(harness), "epoch": chosen["epoch"], "id_acc": chosen["id_acc"],
