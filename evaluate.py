@@ -18,12 +18,15 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
+import platform
 import random
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -319,50 +322,99 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
-def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace) -> list[dict]:
-    """Every (task, PE, seed) cell under one harness, trained or reused, as the compact rows the results JSON
-    keeps: the reported accuracies, both selection rules, timing and the validation-loss curve."""
-    combos, t0, runs = [(t, pe, s) for t in tasks for pe in pes for s in seeds], time.perf_counter(), []
-    for i, (task, pe, seed) in enumerate(combos):
-        ft.progress(f"[{i + 1}/{len(combos)}] {harness.name} {task} {pe} seed {seed}", i, len(combos),
-                    time.perf_counter() - t0)
-        r = ft.run_posgen(task, pe, seed, preset, harness, args.runs_dir, args.device)
-        runs.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "epoch", "trained_as", "train_s")}
+def training_units(tasks, pes, seeds, protocol: str) -> list[list[tuple[str, str, int]]]:
+    """The grid's (task, PE, seed) cells grouped by the training run they share (under ``code`` a YaRN row is its
+    RoPE row's run), in grid order: the unit of work a shard or a job takes."""
+    units: dict[tuple, list] = {}
+    for cell in ((t, pe, s) for t in tasks for pe in pes for s in seeds):
+        units.setdefault((cell[0], ft.training_run_pe(cell[1], protocol), cell[2]), []).append(cell)
+    return list(units.values())
+
+
+def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, device: str) -> list[dict]:
+    """Train (or reuse) one training run and report each of its cells as the compact rows the results JSON keeps:
+    the reported accuracies, both selection rules, timing and the validation curves."""
+    rows = []
+    for task, pe, seed in unit:
+        r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
+        rows.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "epoch", "trained_as", "train_s")}
                     | {"learned": r["id_acc"] >= ft.LEARNED_ID_ACC, "val_loss": [[h["epoch"], h["val_loss"]] for h
                                                                              in r["history"] if "val_loss" in h],
                        "val_id_acc": [[h["epoch"], h["id_acc"]] for h in r["history"] if "id_acc" in h],
                        "by_select": {k: {f: v[f] for f in ("epoch", "id_acc", "ood_acc")} for k, v in
                                      r["by_select"].items()}})
-    return runs
+    return rows
+
+
+def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace,
+              on_unit: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Every (task, PE, seed) cell under one harness, trained or reused, in grid order. ``args.shard`` (i, n):
+    only the i-th of n disjoint shares of the training runs; ``args.jobs`` N: N runs at once, each in its own
+    process (spawned, with a 1/N share of the threads) and run directory. ``on_unit(rows so far)`` after each run."""
+    units = training_units(tasks, pes, seeds, harness.protocol)
+    i, n = getattr(args, "shard", None) or (0, 1)
+    units, jobs, rows, t0 = units[i::n], getattr(args, "jobs", 1), {}, time.perf_counter()
+
+    def finished(unit_rows: list[dict]) -> None:
+        rows.update({(r["task"], r["pe"], r["seed"]): r for r in unit_rows})
+        ft.progress(f"[{len(rows)}/{sum(map(len, units))} cells] {harness.name}", len(rows), sum(map(len, units)),
+                    time.perf_counter() - t0)
+        if on_unit:
+            on_unit(list(rows.values()))
+
+    if jobs == 1:
+        for unit in units:
+            finished(_unit_rows(unit, preset, harness, args.runs_dir, args.device))
+    else:
+        context, threads = multiprocessing.get_context("spawn"), max(1, torch.get_num_threads() // jobs)
+        with ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = [pool.submit(_unit_rows, u, preset, harness, args.runs_dir, args.device) for u in units]
+            for f in as_completed(futures):
+                finished(f.result())
+    return [rows[c] for u in units for c in u]
+
+
+def device_name(device: str | torch.device) -> str:
+    dev = torch.device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
 
 
 def cmd_table1(args: argparse.Namespace) -> int:
-    """Table 1 and Figure 3: every (task × PE × seed) of a preset; finished runs are reused."""
+    """Table 1 and Figure 3: every (task × PE × seed) of a preset (or one shard of them); finished runs are reused,
+    and the results JSON is rewritten after every finished training run."""
     preset, harness = ft.PRESETS[args.preset], ft.harness_from_args(args)
     seeds = args.seeds or list(preset.seeds)
     own_select = harness.select == ft.HARNESSES[harness.protocol].select
     tag = harness.name + ("" if own_select else f"+select={harness.select}")
-    suffix = "" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")
+    suffix = ("" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")) + (
+        f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard else "")
     out = Path(args.out or f"results/table1_{preset.name}{suffix}.json")
-    t0 = time.perf_counter()
+    t0, steps = time.perf_counter(), preset.epochs * math.ceil(preset.n_train / preset.batch_size)
+
+    def write(runs: list[dict]) -> None:
+        summary, train_s = table1_summary(runs), sum(r["train_s"] for r in runs)
+        ft.write_json(out, {
+            "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "shard": args.shard,
+            "wall_s": time.perf_counter() - t0, "device": device_name(args.device), "threads": torch.get_num_threads(),
+            "precision": preset.precision if torch.device(args.device).type == "cuda" else "fp32", "jobs": args.jobs,
+            "steps_per_s": steps * sum(r["trained_as"] == r["pe"] for r in runs) / train_s if train_s else None,
+            "preset_config": dataclasses.asdict(preset), "table": summary, "paired": paired_differences(summary),
+            "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v) in row.items()}
+                             for t, row in PAPER_TABLE1.items()}, "runs": runs})
+
     runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or preset.tasks)],
-                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args)
+                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args, write)
+    write(runs)
     wall, summary = time.perf_counter() - t0, table1_summary(runs)
     print(format_table1(summary, f"Table 1, preset {preset.name}, harness {harness.name} (select {harness.select}), "
                                  f"{len(seeds)} seed(s): OOD accuracy (%) at positions L..L'-1 (ID accuracy), mean ± "
                                  "std over seeds"))
     print(f"wall time: {wall:.0f} s this call; {sum(r['train_s'] for r in runs):.0f} s of training in "
           f"{sum(r['trained_as'] == r['pe'] for r in runs)} runs (timed when first run), "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, {args.jobs} job(s)")
     fig_path = out.with_name(out.stem + "_fig3.png")
     plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, harness {harness.name}, "
                               f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    ft.write_json(out, {
-        "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "wall_s": wall,
-        "threads": torch.get_num_threads(), "preset_config": dataclasses.asdict(preset), "table": summary,
-        "paired": paired_differences(summary), "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v)
-                                                                   in row.items()} for t, row in PAPER_TABLE1.items()},
-        "runs": runs})
     print(f"wrote {out} and {fig_path}")
     return 0
 
@@ -382,7 +434,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     out, runs = Path(args.out), {v: [] for v in variants}
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
     old = ft.read_json(out, "an ablation results file") if out.is_file() else {}
-    if old.get("preset_config") == json.loads(json.dumps(dataclasses.asdict(preset))):  # same size: keep its seeds
+    config = json.loads(json.dumps(dataclasses.asdict(preset)))
+    if old.get("preset_config", {"name": None}).items() <= config.items():  # same size (later fields: defaults)
         for v in (v for v in old["variants"] if v["name"] in runs):
             runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
@@ -658,6 +711,14 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
     p.add_argument("--device", default=ft.default_device(), type=ft.device)
 
 
+def shard(text: str) -> tuple[int, int]:
+    """An argparse type: "I/N" with 0 <= I < N (a SLURM array: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."""
+    i, slash, n = text.partition("/")
+    if not (slash and i.isdigit() and n.isdigit() and int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(i), int(n)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ft.Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ft.Parser)
@@ -685,6 +746,8 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, help="a subset (default all)")
     ft.add_posgen_args(p)
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default results/table1_<preset>.json)")
+    p.add_argument("--shard", type=shard, help="I/N: train only the I-th (0 … N-1) of N disjoint shares of the runs")
+    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes)")
     p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")

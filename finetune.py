@@ -191,9 +191,12 @@ def fmt_s(seconds: float) -> str:
     return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _autocast(dev: torch.device):
-    # bf16 where it is fast (CUDA); fp32 on CPU, where determinism and the authors' fp32 matter more.
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+def _autocast(dev: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CUDA when ``precision`` is "bf16"; fp32 otherwise, always on CPU (determinism, and the
+    authors' fp32). "tf32" (fp32 weights and activations, TF32 matmuls) is CUDA's global flag, set per run."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and precision == "bf16")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -288,6 +291,7 @@ class Preset:
     k: int = 3
     modulus: int = 17
     compile: bool = True            # torch.compile on CUDA (never on CPU, where it does not pay off here)
+    precision: str = "tf32"         # on CUDA: "tf32" (fp32 weights, TF32 matmuls), "fp32", "bf16" (autocast); CPU: fp32
     tasks: tuple[str, ...] = posgen.TASKS  # what `evaluate.py table1` runs by default
 
 
@@ -303,6 +307,8 @@ PRESETS: dict[str, Preset] = {
 }
 # Semi-recursive's budget search: quick's model trained 4 times longer.
 PRESETS["semirec"] = dataclasses.replace(PRESETS["quick"], name="semirec", epochs=16, tasks=("semirecursive",))
+# The paper's preset with bf16 autocast instead of TF32 matmuls (a named setting: its numbers may differ).
+PRESETS["paper_bf16"] = dataclasses.replace(PRESETS["paper"], name="paper_bf16", precision="bf16")
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
 
 
@@ -362,7 +368,7 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
     correct, loss_sum, count = torch.zeros(seqs.shape[1], dtype=torch.float64), 0.0, 0
     for i in range(0, seqs.shape[0], batch_size):
         x, y = (t.to(dev) for t in lm_batch(seqs[i:i + batch_size], preset.modulus, preset.j + preset.k))
-        with _autocast(dev):
+        with _autocast(dev, preset.precision):
             logits = net(x)[0].float()
         loss_sum += F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-100, reduction="sum").item()
         count += int((y != -100).sum())
@@ -457,7 +463,7 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
         t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(x), generator=gen).to(dev), 0.0
         net.train()
         for idx in perm.split(preset.batch_size):
-            with _autocast(dev):
+            with _autocast(dev, preset.precision):
                 loss = fwd(x[idx], y[idx])[1]
             opt.zero_grad(set_to_none=True)
             loss.backward()

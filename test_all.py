@@ -516,6 +516,28 @@ def test_table1_command_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")}
     assert len(before) == 12 and evaluate.main([*argv, "--out", str(out)]) == 0  # finished runs are reused
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")} == before
+def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_path, monkeypatch):
+    monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
+    argv = ["table1", "--preset", "tiny", "--tasks", "cot", "--seeds", "7", "8", "--device", "cpu"]
+    for i in range(3):  # a SLURM array of 3 on one shared runs directory
+        assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "a"), "--shard", f"{i}/3", "--out",
+                              str(tmp_path / f"s{i}.json")]) == 0
+    shard_runs = [json.loads((tmp_path / f"s{i}.json").read_text())["runs"] for i in range(3)]
+    cells = {(r["task"], r["pe"], r["seed"]): r for runs in shard_runs for r in runs}
+    shards = [{(r["task"], r["pe"], r["seed"]) for r in runs} for runs in shard_runs]
+    grid = {("cot", pe, s) for pe in finetune.PE_NAMES for s in (7, 8)}
+    assert set().union(*shards) == grid and sum(map(len, shards)) == len(grid)  # disjoint, and all of it
+    assert all(("cot", "yarn", s) in shard for shard in shards for s in (7, 8) if ("cot", "rope", s) in shard)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("result.json")}
+    assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "a"), "--out", str(tmp_path / "all.json")]) == 0
+    merged = json.loads((tmp_path / "all.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("result.json")} == before  # nothing retrained
+    assert [r | {"train_s": 0} for r in merged["runs"]] == [cells[r["task"], r["pe"], r["seed"]] | {"train_s": 0}
+                                                          for r in merged["runs"]]
+    assert merged["device"].startswith("cpu") and merged["precision"] == "fp32" and merged["steps_per_s"] > 0
+    assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "b"), "--jobs", "2", "--out", str(tmp_path / "j")]) == 0
+    jobs = json.loads((tmp_path / "j").read_text())["runs"]  # separate processes, fresh run directories
+    assert [r | {"train_s": 0} for r in jobs] == [r | {"train_s": 0} for r in merged["runs"]]
 def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and_paired_differences(tmp_path, capsys,
                                                                                                     monkeypatch):
     monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
@@ -1172,6 +1194,8 @@ evaluate.py table1 --protocol appendix => invalid choice: 'appendix'
 evaluate.py table1 --freeze-ffn maybe => argument --freeze-ffn: expected true or false, got 'maybe'
 evaluate.py ablation --variants nope => invalid choice: 'nope'
 evaluate.py ablation --seeds -3 => argument --seeds: must be in [0, 4.29497e+09], got -3
+evaluate.py table1 --shard 3/3 => argument --shard: expected I/N with 0 <= I < N, got '3/3'
+evaluate.py table1 --jobs 0 => argument --jobs: must be in [1, 64], got 0
 finetune.py posgen --task cot --pe rope --split nope => invalid choice: 'nope'
 evaluate.py table1 --runs-dir {d}/plain => is a file, not a dir
 evaluate.py table1 --out {d}/dir => is a directory, not a file
