@@ -60,7 +60,7 @@ def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: str
             "ratio": ours_s / baseline_s, "target": target, "ok": bool(ok)}
 
 
-def bench_rope_table() -> list[dict]:
+def bench_rope_table(device: str = "cpu") -> list[dict]:
     """A Resonance cos+sin table for d = 128, L' = 131072 on one thread, against a float32 outer product
     ``arange ⊗ θ → cos, sin``; and ``apply_rope`` with Resonance against RoPE tables (precomputed: equal cost)."""
     threads = torch.get_num_threads()
@@ -88,7 +88,7 @@ def bench_rope_table() -> list[dict]:
             _row("apply_rope, Resonance tables", t_res, "RoPE tables", t_plain, "<= 1.02x", t_res <= 1.02 * t_plain)]
 
 
-def bench_posgen() -> list[dict]:
+def bench_posgen(device: str = "cpu") -> list[dict]:
     """Generating the paper's 12,000 sequences × 256 tokens (j=1, k=3, mod 17), per task: at most 0.1 s."""
     prefix = np.random.default_rng(0).integers(0, 17, size=(12000, 4))
     rows = []
@@ -98,34 +98,53 @@ def bench_posgen() -> list[dict]:
     return rows
 
 
-def bench_train_mfu() -> list[dict]:
-    """Information, no target: training throughput of the paper-size PosGen model as model-FLOPs utilisation.
+def bench_train_mfu(device: str = "cpu") -> list[dict]:
+    """Information, no target: paper-size PosGen training steps/s and model-FLOPs utilisation, on ``device``.
 
-    App. C.1's model, fp32, one AdamW step on B = 128 sequences of T = 64. Model FLOPs per step (PaLM's
-    convention): 6·N·B·T + 12·n_layer·d_model·T·B·T, N = parameters in matmuls (LM head included), the second
-    term attention's score and value matmuls (full, not causal). MFU = those FLOPs per second over the fp32
-    matmul rate measured here with the same threads (2048³)."""
+    ``finetune.posgen_step`` on App. C.1's model under the full ``code`` harness (frozen FFN, T5 attention), B =
+    128 sequences of T = 64, the paper preset's precision (TF32 matmuls on CUDA, compiled there; fp32 on CPU).
+    Model FLOPs per step (PaLM's convention): 6·N·B·T + 12·n_layer·d_model·T·B·T, N = parameters in matmuls (LM
+    head included), the second term attention's score and value matmuls. MFU = those FLOPs per second over the
+    2048³ matmul rate measured here on the same device, threads and precision."""
     torch.manual_seed(0)
-    cfg, B, T = model_lib.TinyConfig(), 128, 64
-    net = model_lib.TinyTransformer(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, weight_decay=1e-2)
-    x, y = ft.lm_batch(torch.randint(0, cfg.vocab_size - 1, (B, T)), cfg.vocab_size - 1, 4)
+    dev, preset, B, T = torch.device(device), ft.PRESETS["paper"], 128, 64
+    net = ft.posgen_model(ft.run_meta("recursive", "rope", 0, preset, ft.HARNESSES["code"]))[0].to(dev)
+    opt, sched = ft.posgen_optimizer(net, preset, "authors", 10**6)
+    x, y = (t.to(dev) for t in ft.lm_batch(torch.randint(0, preset.modulus, (B, T)), preset.modulus, 4))
+    fwd = torch.compile(net) if dev.type == "cuda" else net
+    a, b = torch.randn(2048, 2048, device=dev), torch.randn(2048, 2048, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        net(x, y)[1].backward()
-        opt.step()
+    def steps(n: int) -> None:
+        for _ in range(n):
+            ft.posgen_step(fwd, opt, sched, x, y, preset.precision)
+        sync()
 
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    step()  # warm-up: allocator, optimizer state
-    t_step, t_mm = _best_times(step, lambda: a @ b, repeat=4)
+    steps(3)  # warm-up: allocator, optimizer state, compilation
+    n = 50 if dev.type == "cuda" else 2
+    t_step, t_mm = _best_times(lambda: steps(n), lambda: (a @ b, sync()), repeat=3)
+    t_step /= n
+    cfg = net.config
     n_mm = sum(p.numel() for name, p in net.named_parameters() if p.dim() == 2 and not name.startswith("tok_emb"))
     flops, rate = 6 * n_mm * B * T + 12 * cfg.n_layer * cfg.d_model * T * B * T, 2 * 2048**3 / t_mm
-    return [_row(f"train_mfu paper model MFU {100 * flops / t_step / rate:.0f}%", t_step, "step at fp32 matmul "
-                 f"rate ({rate / 1e9:.0f} GFLOP/s, {torch.get_num_threads()} thr)", flops / rate, "info", True)]
+    return [_row(f"train paper-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
+                 f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
 
 
-def bench_llama_forward() -> list[dict]:
+def bench_train_jobs(device: str = "cpu") -> list[dict]:
+    """Information, no target: paper-size training steps/s summed over N processes training at once on one device
+    (N = 1, 2, 4: what ``table1 --jobs N`` gets; each runs ``bench_train_mfu``, so the overlap is approximate)."""
+    rows, one = [], None
+    for n in (1, 2, 4):
+        context, threads = multiprocessing.get_context("spawn"), max(1, torch.get_num_threads() // n)
+        with ProcessPoolExecutor(n, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            rate = sum(1 / r[0]["ours_s"] for r in pool.map(bench_train_mfu, [str(device)] * n))
+        one = one or rate
+        rows.append(_row(f"train paper-size, {n} job(s): {rate:.1f} steps/s", 1 / rate, "1 job", 1 / one, "info", True))
+    return rows
+
+
+def bench_llama_forward(device: str = "cpu") -> list[dict]:
     """SmolLM2-135M forward (logits at every position), fp32, at 2K and 8K tokens: ours against transformers'
     LlamaForCausalLM (sdpa) on the same GGUF weights, the same loss required; then the peak memory (VmHWM) of a
     16K-token perplexity forward (``token_nll``) in a fresh process."""
@@ -157,14 +176,14 @@ def bench_llama_forward() -> list[dict]:
 
 
 SPEED_BENCHES = {"rope_table": bench_rope_table, "posgen": bench_posgen, "train_mfu": bench_train_mfu,
-                 "llama_forward": bench_llama_forward}
+                 "train_jobs": bench_train_jobs, "llama_forward": bench_llama_forward}
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
     print(f"{'benchmark':<40} {'ours':>10} {'baseline':<34} {'base':>10} {'ratio':>8}  target / ok")
     all_ok = True
-    for name in args.only or SPEED_BENCHES:
-        for r in SPEED_BENCHES[name]():
+    for name in args.only or [b for b in SPEED_BENCHES if b != "train_jobs" or args.device.type == "cuda"]:
+        for r in SPEED_BENCHES[name](args.device):
             all_ok &= r["ok"]
             print(f"{r['name']:<40} {r['ours_s']:>9.4f}s {r['baseline']:<34} {r['baseline_s']:>9.4f}s "
                   f"{r['ratio']:>7.3f}x  {r['target']} {'ok' if r['ok'] else 'MISSED'}", flush=True)
@@ -724,6 +743,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ft.Parser)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
+    p.add_argument("--device", default=torch.device("cpu"), type=ft.device,
+                   help="where train_mfu and train_jobs train (default cpu; train_jobs runs by default on CUDA only)")
     p.set_defaults(func=cmd_speed)
     _add_posgen_commands(sub)
     _add_llama_commands(sub)

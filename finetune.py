@@ -414,6 +414,17 @@ def posgen_optimizer(net: torch.nn.Module, preset: Preset, schedule: str, total_
                                                     cycle_momentum=schedule == "authors")
 
 
+def posgen_step(fwd, opt, sched, x: torch.Tensor, y: torch.Tensor, precision: str) -> torch.Tensor:
+    """One optimiser step on a batch; the loss is returned on the device (summing it needs no host sync)."""
+    with _autocast(x.device, precision):
+        loss = fwd(x, y)[1]
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach()
+
+
 def _validate_rows(net, tables: dict[str, PE], train_pe: PE, val: np.ndarray, preset: Preset, dev) -> dict:
     """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
     out = {}
@@ -463,13 +474,7 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
         t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(x), generator=gen).to(dev), 0.0
         net.train()
         for idx in perm.split(preset.batch_size):
-            with _autocast(dev, preset.precision):
-                loss = fwd(x[idx], y[idx])[1]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach()
+            loss_sum += posgen_step(fwd, opt, sched, x[idx], y[idx], preset.precision)
         row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
             row["val"] = _validate_rows(net, tables, train_pe, data["val"], preset, dev)
