@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -24,6 +25,7 @@ import random
 import re
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -646,33 +648,44 @@ def passkey_filler_chars(tokenizer, length: int) -> int:
     return lo
 
 
+def passkey(llama: model_lib.Llama, tokenizer, spec: str, lengths: list[int], depths: list[float], trials: int,
+            new_tokens: int, seed: int, device, progress: Callable[[str, int], None] = lambda what, n: None) -> dict:
+    """YaRN's passkey retrieval with the model's PE: per (length, depth), ``trials`` greedy answers (KV cache),
+    correct if the first number is the key; the keys come from ``seed`` (the same for every PE)."""
+    rng, table, fill = random.Random(seed), {}, {n: passkey_filler_chars(tokenizer, n) for n in lengths}
+    for n, depth in ((n, depth) for n in lengths for depth in depths):
+        cell = []
+        for key in [rng.randint(10000, 99999) for _ in range(trials)]:
+            ids = tokenizer.encode(passkey_prompt(fill[n], depth, key)).ids
+            answer = tokenizer.decode(llama.generate(torch.tensor([ids], device=device), new_tokens)[0, len(ids):]
+                                      .tolist())
+            found = re.search(r"\d+", answer)
+            cell.append({"key": key, "tokens": len(ids), "answer": answer,
+                         "correct": found is not None and int(found.group()) == key})
+            progress(f"[passkey] {spec} length {n} depth {depth:g}: {answer!r} "
+                     f"{'ok' if cell[-1]['correct'] else 'wrong'}", n)
+        table[f"{n}@{depth:g}"] = {"length": n, "depth": depth, "trials": cell,
+                                   "accuracy": sum(t["correct"] for t in cell) / len(cell)}
+    return {"label": llama.pe.label(), "pe": str(llama.pe), "settings": dataclasses.asdict(llama.pe),
+            "by_length_depth": table, "accuracy_by_length": {str(n): float(np.mean(
+                [v["accuracy"] for v in table.values() if v["length"] == n])) for n in lengths}}
+
+
 def cmd_passkey(args: argparse.Namespace) -> int:
-    """YaRN's passkey retrieval: greedy answers with the KV cache, correct if its first number is the key."""
+    """YaRN's passkey retrieval for several PEs (``passkey``), accuracy per length and needle depth."""
     llama, pes = _llama(args, max(args.lengths) + args.new_tokens)
     tokenizer = model_lib.load_tokenizer(args.model)
-    fill = {n: passkey_filler_chars(tokenizer, n) for n in args.lengths}
-    t0, results, done = time.perf_counter(), {}, 0
+    t0, results, done = time.perf_counter(), {}, [0]
     total = len(pes) * len(args.depths) * args.trials * sum(args.lengths)  # work counted in tokens
+
+    def progress(what: str, n: int) -> None:
+        done[0] += n
+        ft.progress(what, done[0], total, time.perf_counter() - t0)
+
     for spec, pe in pes.items():
         llama.set_pe(pe)
-        rng, table = random.Random(args.seed), {}  # the same keys for every PE
-        for n, depth in ((n, depth) for n in args.lengths for depth in args.depths):
-            trials = []
-            for key in [rng.randint(10000, 99999) for _ in range(args.trials)]:
-                ids = tokenizer.encode(passkey_prompt(fill[n], depth, key)).ids
-                answer = tokenizer.decode(llama.generate(torch.tensor([ids], device=args.device),
-                                                         args.new_tokens)[0, len(ids):].tolist())
-                found = re.search(r"\d+", answer)
-                trials.append({"key": key, "tokens": len(ids), "answer": answer,
-                               "correct": found is not None and int(found.group()) == key})
-                done += n
-                ft.progress(f"[passkey] {spec} length {n} depth {depth:g}: {answer!r} "
-                            f"{'ok' if trials[-1]['correct'] else 'wrong'}", done, total, time.perf_counter() - t0)
-            table[f"{n}@{depth:g}"] = {"length": n, "depth": depth, "trials": trials,
-                                       "accuracy": sum(t["correct"] for t in trials) / len(trials)}
-        results[spec] = {"label": pe.label(), "pe": str(pe), "settings": dataclasses.asdict(pe), "by_length_depth":
-                         table, "accuracy_by_length": {str(n): float(np.mean(
-                             [v["accuracy"] for v in table.values() if v["length"] == n])) for n in args.lengths}}
+        results[spec] = passkey(llama, tokenizer, spec, args.lengths, args.depths, args.trials, args.new_tokens,
+                                args.seed, args.device, progress)
     print(f"{'PE':<14}" + "".join(f"{n:>8}" for n in args.lengths) + "   (accuracy, mean over depths)")
     for spec, r in results.items():
         print(f"{spec:<14}" + "".join(f"{r['accuracy_by_length'][str(n)]:>8.2f}" for n in args.lengths))
@@ -713,6 +726,154 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
     if args.png:
         plot_lengths(curves, runs[0]["original_len"], "perplexity (held-out text)", "fine-tuning: dashed before, "
                      "solid after", args.png)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Figure 4 after fine-tuning (Sec. 6.2, App. C.2): evaluate.py fig4, resumable stage by stage.
+
+def python_sources() -> list[tuple[str, Path]]:
+    """The .py files of the running interpreter (standard library and site-packages) as (name, path), the name
+    relative to its root ("stdlib/json/decoder.py", "site-packages/torch/nn/functional.py"), in the order of a
+    stable hash of the name (sha256: the same on every machine and run)."""
+    paths, roots = {}, {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages":
+                        Path(sysconfig.get_paths()["purelib"])}
+    for tag, root in roots.items():
+        for p in root.rglob("*.py"):
+            rel = p.relative_to(root)
+            if not (tag == "stdlib" and rel.parts[0] in ("site-packages", "dist-packages")) and p.is_file():
+                paths.setdefault(f"{tag}/{rel.as_posix()}", p)
+    return sorted(paths.items(), key=lambda kv: (_path_hash(kv[0]), kv[0]))
+
+
+def _path_hash(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)
+
+
+def fig4_data(tokenizer, n_heldout: int, heldout_len: int, train_tokens: int, train_file: Path) -> list[dict]:
+    """Split ``python_sources`` by path hash: one in ten is held out, the rest is training text. Returns the first
+    ``n_heldout`` held-out documents (hash order) with at least ``heldout_len`` tokens, {"name", "ids"}; writes
+    training documents (hash order) with at least ``train_tokens`` tokens in all to ``train_file`` (.jsonl)."""
+    reuse = train_file.is_file()  # written by an earlier call with the same training settings
+    heldout, train, n_train = [], [], train_tokens if reuse else 0
+    for name, path in python_sources():
+        is_heldout = _path_hash(name) % 10 == 0
+        if (len(heldout) >= n_heldout if is_heldout else n_train >= train_tokens) or (
+                is_heldout and path.stat().st_size < heldout_len):  # a token is at least a byte
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        if is_heldout and len(ids) >= heldout_len:
+            heldout.append({"name": name, "ids": ids})
+        elif not is_heldout:
+            train.append(json.dumps({"text": text}) + "\n")
+            n_train += len(ids)
+        if len(heldout) >= n_heldout and n_train >= train_tokens:
+            break
+    if len(heldout) < n_heldout:
+        raise ValueError(f"only {len(heldout)} held-out sources have >= {heldout_len} tokens; --heldout-docs "
+                         f"{n_heldout} are needed")
+    if not reuse:
+        model_lib.atomic_write(train_file, lambda p: Path(p).write_text("".join(train)))
+    return heldout
+
+
+def bootstrap_interval(diffs: list[float], n: int = 10000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling documents)."""
+    d = np.asarray(diffs, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), (n, len(d)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def fig4_differences(report: dict, lengths: list[int]) -> dict:
+    """Per PE pair (res_X, X) and length, before and after fine-tuning: the mean paired perplexity difference
+    Res. − base over held-out documents, its 95 % bootstrap interval, and whether the interval excludes 0."""
+    out = {}
+    for when, by_pe in report["perplexity"].items():
+        for res in (p for p in by_pe if p.startswith("res_") and p.removeprefix("res_") in by_pe):
+            base = res.removeprefix("res_")
+            for n in map(str, lengths):
+                diffs = [a - b for a, b in zip(by_pe[res]["per_document"][n], by_pe[base]["per_document"][n],
+                                               strict=True)]
+                lo, hi = bootstrap_interval(diffs)
+                out.setdefault(f"{res} - {base}", {}).setdefault(when, {})[n] = {
+                    "mean": float(np.mean(diffs)), "ci95": [lo, hi], "separated": lo > 0 or hi < 0}
+    return out
+
+
+def _fig4_finetune(args: argparse.Namespace, spec: str, root: Path) -> dict:
+    """Fine-tune ``--model`` with one PE on ``root/train.jsonl`` (App. C.2's recipe, ``finetune.finetune_llama``,
+    resumable in ``root/<pe>``): the same data, order and seed for every PE."""
+    run = ft.LlamaRun(model=str(args.model), pe=spec, seq_len=args.seq_len, train_tokens=args.tokens,
+                      batch_size=args.batch_size, micro_batch=args.micro_batch, text=str(root / "train.jsonl"),
+                      heldout_docs=0, seed=args.seed, grad_checkpointing=args.seq_len > 1024)
+    log = ft.finetune_llama(run, root / spec.replace(":", "-s"), device=str(args.device))
+    wall = log["history"][-1]["elapsed_s"]
+    tokens = log["steps"] * args.batch_size * log["seq_len"]
+    net = model_lib.load_llama(args.model)  # model FLOPs per token (6N + attention), as PaLM
+    n_mm = sum(p.numel() for name, p in net.named_parameters() if p.dim() == 2 and "embed" not in name)
+    flops = 6 * n_mm + 6 * net.config.num_hidden_layers * net.config.hidden_size * log["seq_len"]
+    return {"train_tokens": tokens, "steps": log["steps"], "seq_len": log["seq_len"], "wall_s": wall,
+            "tokens_per_s": tokens / wall, "model_flops_per_s": flops * tokens / wall,
+            "loss_first": log["history"][0]["loss"], "loss_last": log["history"][-1]["loss"]}
+
+
+def _matmul_rate(device: torch.device) -> float:
+    """FLOP/s of a square matmul on ``device``: bf16 4096³ on CUDA (fine-tuning's autocast), fp32 2048³ on CPU."""
+    n, dtype = (4096, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    (t,) = _best_times(lambda: (a @ b, sync()), repeat=5)
+    return 2 * n**3 / t
+
+
+def cmd_fig4(args: argparse.Namespace) -> int:
+    """Fig. 4 after fine-tuning: each PE of ``--pes`` fine-tunes the same model on the same data, order and seed;
+    the un-tuned and tuned models are scored (perplexity, one window per held-out document; passkey); the paired
+    Res. − base differences get bootstrap intervals. Stage by stage, resumable: the JSON is rewritten after each
+    stage and a later call skips the stages it holds (for the same settings)."""
+    settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("func", "out", "png")}
+    old = ft.read_json(args.out, "a fig4 results file") if Path(args.out).is_file() else {}
+    report = old if old.get("settings") == settings else {"settings": settings}
+    tokenizer, lengths, t0 = model_lib.load_tokenizer(args.model), sorted(args.lengths), time.perf_counter()
+    ft.check_memory(max(lengths + args.passkey_lengths) * 4096 * 4, "the longest evaluation forward")
+    training = json.dumps([str(args.model), args.tokens, args.seq_len, args.batch_size, args.micro_batch, args.seed])
+    root = Path(args.runs_dir) / "fig4" / f"{_path_hash(training):012x}"  # one directory per training setting
+    heldout = fig4_data(tokenizer, args.heldout_docs, lengths[-1], args.tokens * 11 // 10, root / "train.jsonl")
+    report["heldout"] = [{"name": d["name"], "tokens": len(d["ids"])} for d in heldout]
+    report.setdefault("device", device_name(args.device))
+    report.setdefault("peak_flops", _matmul_rate(args.device))
+    docs = [(d["name"], d["ids"]) for d in heldout]
+    for spec in args.pes:
+        if spec not in report.setdefault("finetune", {}):
+            report["finetune"][spec] = _fig4_finetune(args, spec, root)
+            report["finetune"][spec]["mfu"] = report["finetune"][spec]["model_flops_per_s"] / report["peak_flops"]
+            ft.write_json(args.out, report)
+    for when, spec in ((w, s) for w in ("before", "after") for s in args.pes):
+        if spec in report.setdefault("perplexity", {}).setdefault(when, {}):
+            continue
+        path = args.model if when == "before" else root / spec.replace(":", "-s") / "model"
+        llama = model_lib.load_llama(path, spec if when == "before" else None).to(args.device)  # tuned: its own PE
+        report["original_len"] = llama.train_len
+        ppl = perplexity(llama, docs, {spec: llama.pe}, lengths, None, args.device)["results"][spec]
+        report["perplexity"][when][spec] = ppl | {"passkey": passkey(
+            llama, tokenizer, spec, args.passkey_lengths, [0.5], args.trials, 10, args.seed, args.device)}
+        ft.write_json(args.out, report)
+    report["differences"] = fig4_differences(report, lengths)
+    report["wall_s_this_call"] = time.perf_counter() - t0
+    ft.write_json(args.out, report)
+    for pair, by_when in report["differences"].items():
+        for when, by_n in by_when.items():
+            print(f"{pair} ({when} fine-tuning): " + "; ".join(
+                f"{n}: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]{' *' if d['separated'] else ''}"
+                for n, d in by_n.items()))
+    if args.png:
+        curves = {f"{PE.parse(s).label()}, {'no FT' if w == 'before' else 'FT'}": (
+            {int(n): p for n, p in r["perplexity"].items()}, w == "before", i)
+            for w, by_pe in report["perplexity"].items() for i, (s, r) in enumerate(by_pe.items())}
+        plot_lengths(curves, report["original_len"], "perplexity (held-out sources)",
+                     f"Fig. 4 after fine-tuning {args.model}: {args.tokens} tokens per PE; dashed: before", args.png)
+    print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0
 
 
@@ -808,6 +969,26 @@ def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=ft.number(int, 0), default=0)
     p.add_argument("--out", default="results/passkey_smollm2.json", type=ft.path_for("file"))
     p.set_defaults(func=cmd_passkey)
+
+    p = sub.add_parser("fig4", help="Fig. 4 after fine-tuning: fine-tune each PE on the same data, then perplexity "
+                                     "and passkey before/after with bootstrap intervals (resumable)")
+    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or 'smollm2' (default; trained at 8K)")
+    p.add_argument("--pes", nargs="+", type=ft.pe_spelling, default=["yarn:4", "res_yarn:4"], help="default yarn:4 "
+                   "res_yarn:4 (s = 4: 8K → 32K)")
+    p.add_argument("--tokens", type=ft.number(int, 1), default=20_000_000, help="fine-tuning tokens per PE")
+    p.add_argument("--seq-len", type=ft.number(int, 2), default=8192, help="packed training length (default 8192)")
+    p.add_argument("--batch-size", type=ft.number(int, 1), default=8, help="sequences per step (default 8)")
+    p.add_argument("--micro-batch", type=ft.number(int, 1), default=1)
+    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 32768])
+    p.add_argument("--passkey-lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 24576, 32768])
+    p.add_argument("--trials", type=ft.number(int, 1), default=10, help="passkey trials per length (default 10)")
+    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out sources (default 20)")
+    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=0)
+    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"))
+    p.add_argument("--device", default=ft.default_device(), type=ft.device)
+    p.add_argument("--out", default="results/finetune_fig4.json", type=ft.path_for("file"))
+    p.add_argument("--png", default="results/finetune_fig4.png", type=ft.path_for("file"), help="'' for none")
+    p.set_defaults(func=cmd_fig4)
 
     p = sub.add_parser("llama-compare", help="perplexity of finished finetune.py llama runs on their held-out "
                                              "text, before and after fine-tuning (Sec. 6.2.2)")

@@ -1026,6 +1026,37 @@ def test_finetune_llama_saved_dir_loads_back_with_identical_logits_and_rope_scal
         hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "yarn"), dtype=torch.float32).eval()
         with torch.no_grad():
             torch.testing.assert_close(hf(x).logits, net(x), rtol=1e-4, atol=1e-5)
+def test_fig4_command_runs_at_toy_size_every_pe_on_identical_batches_and_resumes(ft, tmp_path, monkeypatch):
+    batches, step = [], finetune._llama_step  # every optimiser step's token ids, in order
+    monkeypatch.setattr(finetune, "_llama_step", lambda lm, opt, sched, train, micro, *a: (
+        batches.append(torch.cat([train[mb] for mb in micro])), step(lm, opt, sched, train, micro, *a))[1])
+    out, png = tmp_path / "fig4.json", tmp_path / "fig4.png"
+    argv = ["fig4", "--model", str(ft[0] / "tiny"), "--pes", "yarn:2", "res_yarn:2", "--tokens", "512", "--seq-len",
+            "32", "--batch-size", "4", "--lengths", "32", "64", "--passkey-lengths", "300", "--heldout-docs", "3",
+            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--out", str(out), "--png", str(png)]
+    assert evaluate.main(argv) == 0 and png.stat().st_size > 1000
+    r = json.loads(out.read_text())
+    assert len(batches) == 8 and all(torch.equal(a, b) for a, b in zip(batches[:4], batches[4:], strict=True))
+    train = (next((tmp_path / "runs" / "fig4").iterdir()) / "train.jsonl").read_text()
+    assert len(r["heldout"]) == 3 and all(h["tokens"] >= 64 for h in r["heldout"])
+    sources, lines = dict(evaluate.python_sources()), set(train.splitlines())
+    assert all(evaluate._path_hash(h["name"]) % 10 == 0 for h in r["heldout"])  # the held-out bucket only ...
+    assert not any(json.dumps({"text": sources[h["name"]].read_text(encoding="utf-8", errors="replace")}) in lines
+                   for h in r["heldout"]) and len(lines) > 0  # ... which training never sees
+    for spec in ("yarn:2", "res_yarn:2"):
+        f = r["finetune"][spec]
+        assert f["train_tokens"] == 512 and f["steps"] == 4 and f["tokens_per_s"] > 0 and 0 < f["mfu"]
+        for when in ("before", "after"):
+            cell = r["perplexity"][when][spec]
+            assert len(cell["per_document"]["64"]) == 3 and set(cell["passkey"]["accuracy_by_length"]) == {"300"}
+            assert len(cell["passkey"]["by_length_depth"]["300@0.5"]["trials"]) == 10
+    d = r["differences"]["res_yarn:2 - yarn:2"]["after"]["64"]
+    per = [a - b for a, b in zip(*(r["perplexity"]["after"][s]["per_document"]["64"] for s in ("res_yarn:2", "yarn:2")),
+                                 strict=True)]
+    assert d["mean"] == pytest.approx(np.mean(per)) and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    batches.clear()
+    assert evaluate.main(argv) == 0 and not batches  # a second call trains nothing and keeps every stage
+    assert json.loads(out.read_text())["perplexity"] == r["perplexity"]
 def test_finetune_llama_compare_scores_heldout_text_before_and_after(ft, tmp_path):
     run, out, png = ft[0] / "run", tmp_path / "cmp.json", tmp_path / "cmp.png"
     assert evaluate.main(["llama-compare", str(run), "--lengths", "32", "64", "--out", str(out), "--png", str(png),
