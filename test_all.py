@@ -1185,7 +1185,7 @@ def test_bad_input_raises_value_error_naming_the_parameter(call, message):
         call()
 
 # Every command line, given a wrong input: exit status 2, one line on stderr, no traceback. In {d} _start_cli makes
-# the files named; {llama} are the arguments of a tiny fine-tuning run that would work.
+# the files named; {llama} and {fig4} are the arguments of a tiny run that would work.
 CLI_ERRORS = [(line.split(" => ")[0], line.split(" => ")[1]) for line in """\
 resonance.py --pe yarn:inf => factor must be a finite number >= 1
 resonance.py --test-len 10000000000000 => more than this machine's
@@ -1225,6 +1225,12 @@ evaluate.py table1 --protocol appendix => invalid choice: 'appendix'
 evaluate.py table1 --freeze-ffn maybe => argument --freeze-ffn: expected true or false, got 'maybe'
 evaluate.py ablation --variants nope => invalid choice: 'nope'
 evaluate.py ablation --seeds -3 => argument --seeds: must be in [0, 4.29497e+09], got -3
+evaluate.py fig4 --pes nope => pe must be [res_]METHOD[:FACTOR]
+evaluate.py fig4 --tokens 0 => argument --tokens: must be in [1, inf], got 0
+evaluate.py fig4 --heldout-docs 1 => argument --heldout-docs: must be in [2, inf], got 1
+evaluate.py fig4 --model /nonexistent/llama => no such model file or directory: /nonexistent/llama
+evaluate.py fig4 --model {tiny} --lengths 100000000000 => more than this machine's
+evaluate.py fig4 {fig4} --pes res_dynamic_ntk:2 => Resonance on a length-dependent
 evaluate.py table1 --shard 3/3 => argument --shard: expected I/N with 0 <= I < N, got '3/3'
 evaluate.py table1 --jobs 0 => argument --jobs: must be in [1, 64], got 0
 finetune.py posgen --task cot --pe rope --split nope => invalid choice: 'nope'
@@ -1296,7 +1302,10 @@ def _start_cli(d: Path, tiny: Path) -> subprocess.Popen:
         (d / name).write_bytes(data)  # text, random bytes, a garbage GGUF, a truncated checkpoint, a .jsonl
     (d / "dir").mkdir()
     llama = f"--model {tiny} --text {d}/doc.jsonl --heldout-docs 1 --device cpu --out {d}/run"
-    (d / "cases.json").write_text(json.dumps([c.format(d=d, tiny=tiny, llama=llama).split() for c, _ in CLI_ERRORS]))
+    fig4 = (f"--model {tiny} --tokens 64 --seq-len 16 --batch-size 1 --lengths 32 --passkey-lengths 300 "
+            f"--heldout-docs 2 --runs-dir {d}/f --device cpu --out {d}/f.json --png {d}/f.png")
+    (d / "cases.json").write_text(json.dumps([c.format(d=d, tiny=tiny, llama=llama, fig4=fig4).split()
+                                              for c, _ in CLI_ERRORS]))
     return subprocess.Popen([sys.executable, "-c", _CLI_DRIVER, str(d / "cases.json")], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=REPO, text=True)
 @pytest.fixture(scope="module", autouse=True)
