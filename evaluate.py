@@ -100,7 +100,7 @@ def bench_posgen(device: str = "cpu") -> list[dict]:
     return rows
 
 
-def bench_train_mfu(device: str = "cpu") -> list[dict]:
+def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
     """Information, no target: paper-size PosGen training steps/s and model-FLOPs utilisation, on ``device``.
 
     ``finetune.posgen_step`` on App. C.1's model under the full ``code`` harness (frozen FFN, T5 attention), B =
@@ -109,7 +109,7 @@ def bench_train_mfu(device: str = "cpu") -> list[dict]:
     head included), the second term attention's score and value matmuls. MFU = those FLOPs per second over the
     2048³ matmul rate measured here on the same device, threads and precision."""
     torch.manual_seed(0)
-    dev, preset, B, T = torch.device(device), ft.PRESETS["paper"], 128, 64
+    dev, preset, B, T = torch.device(device), ft.PRESETS[preset], 128, 64
     net = ft.posgen_model(ft.run_meta("recursive", "rope", 0, preset, ft.HARNESSES["code"]))[0].to(dev)
     opt, sched = ft.posgen_optimizer(net, preset, "authors", 10**6)
     x, y = (t.to(dev) for t in ft.lm_batch(torch.randint(0, preset.modulus, (B, T)), preset.modulus, 4))
@@ -129,20 +129,21 @@ def bench_train_mfu(device: str = "cpu") -> list[dict]:
     cfg = net.config
     n_mm = sum(p.numel() for name, p in net.named_parameters() if p.dim() == 2 and not name.startswith("tok_emb"))
     flops, rate = 6 * n_mm * B * T + 12 * cfg.n_layer * cfg.d_model * T * B * T, 2 * 2048**3 / t_mm
-    return [_row(f"train paper-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
+    return [_row(f"train {preset.name}-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
                  f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
 
 
-def bench_train_jobs(device: str = "cpu") -> list[dict]:
+def bench_train_jobs(device: str = "cpu", preset: str = "paper") -> list[dict]:
     """Information, no target: paper-size training steps/s summed over N processes training at once on one device
     (N = 1, 2, 4: what ``table1 --jobs N`` gets; each runs ``bench_train_mfu``, so the overlap is approximate)."""
     rows, one = [], None
     for n in (1, 2, 4):
         context, threads = multiprocessing.get_context("spawn"), max(1, torch.get_num_threads() // n)
         with ProcessPoolExecutor(n, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            rate = sum(1 / r[0]["ours_s"] for r in pool.map(bench_train_mfu, [str(device)] * n))
+            rate = sum(1 / r[0]["ours_s"] for r in pool.map(bench_train_mfu, [str(device)] * n, [preset] * n))
         one = one or rate
-        rows.append(_row(f"train paper-size, {n} job(s): {rate:.1f} steps/s", 1 / rate, "1 job", 1 / one, "info", True))
+        rows.append(_row(f"train {preset}-size, {n} job(s): {rate:.1f} steps/s", 1 / rate, "1 job", 1 / one, "info",
+                         True))
     return rows
 
 
