@@ -133,13 +133,18 @@ def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
                  f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
 
 
+def spawn_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes (safe with CUDA), each with a 1/jobs share of this process's threads."""
+    return ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(max(1, torch.get_num_threads() // jobs),))
+
+
 def bench_train_jobs(device: str = "cpu", preset: str = "paper") -> list[dict]:
     """Information, no target: paper-size training steps/s summed over N processes training at once on one device
     (N = 1, 2, 4: what ``table1 --jobs N`` gets; each runs ``bench_train_mfu``, so the overlap is approximate)."""
     rows, one = [], None
     for n in (1, 2, 4):
-        context, threads = multiprocessing.get_context("spawn"), max(1, torch.get_num_threads() // n)
-        with ProcessPoolExecutor(n, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        with spawn_pool(n) as pool:
             rate = sum(1 / r[0]["ours_s"] for r in pool.map(bench_train_mfu, [str(device)] * n, [preset] * n))
         one = one or rate
         rows.append(_row(f"train {preset}-size, {n} job(s): {rate:.1f} steps/s", 1 / rate, "1 job", 1 / one, "info",
@@ -388,8 +393,7 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
         for unit in units:
             finished(_unit_rows(unit, preset, harness, args.runs_dir, args.device))
     else:
-        context, threads = multiprocessing.get_context("spawn"), max(1, torch.get_num_threads() // jobs)
-        with ProcessPoolExecutor(jobs, context, initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        with spawn_pool(jobs) as pool:
             futures = [pool.submit(_unit_rows, u, preset, harness, args.runs_dir, args.device) for u in units]
             for f in as_completed(futures):
                 finished(f.result())
