@@ -888,8 +888,8 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
                    help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default: {' '.join(pes)})")
     p.add_argument("--original-length", type=ft.number(int, 1),
                    help="L, the trained context the scalings start from (default: the model's, 8192 for SmolLM2)")
-    p.add_argument("--alpha", type=ft.number(float, 0), default=1.0, help="YaRN α = HF beta_slow (default 1)")
-    p.add_argument("--beta", type=ft.number(float, 0), default=32.0, help="YaRN β = HF beta_fast (default 32)")
+    p.add_argument("--alpha", type=ft.number(float, 0), help="YaRN α = HF beta_slow (default 1)")
+    p.add_argument("--beta", type=ft.number(float, 0), help="YaRN β = HF beta_fast (default 32; Llama 3's: 4)")
     p.add_argument("--ramp", default="index", choices=resonance.RAMPS, help="YaRN ramp (default index, as HF)")
     p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=lengths, help="context lengths")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))

@@ -602,8 +602,8 @@ class LlamaRun:
     model: str = "smollm2"          # HF directory, .gguf file, or a name of model.LLAMA_MODELS
     pe: str = "res_yarn:2"          # [res_]METHOD[:FACTOR]
     original_len: int | None = None  # L; None: the checkpoint's own (8192 for SmolLM2)
-    alpha: float = 1.0              # YaRN's α, β (App. C.2)
-    beta: float = 32.0
+    alpha: float | None = None      # YaRN's α, β (App. C.2); None: the method's (1, 32; Llama 3: 1, 4)
+    beta: float | None = None
     seq_len: int | None = None      # training length; None: the target L' = s·L ("FT@target" of Table 2)
     train_tokens: int = 100_000_000  # steps = train_tokens // (batch_size · seq_len)
     batch_size: int = 64            # sequences per optimiser step, over all processes

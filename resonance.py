@@ -228,7 +228,9 @@ class PE:
 
     @classmethod
     def parse(cls, spec: str | PE, **fields) -> PE:
-        """``PE.parse("res_yarn:4")``; ``fields`` sets the others (original_len, alpha, beta, ramp)."""
+        """``PE.parse("res_yarn:4")``; ``fields`` sets the others (original_len, alpha, beta, ramp; None: the
+        method's default, e.g. β = 32 for YaRN, 4 for Llama 3)."""
+        fields = {k: v for k, v in fields.items() if v is not None}
         if isinstance(spec, PE):
             return dataclasses.replace(spec, **fields)
         name, colon, factor = str(spec).partition(":")

@@ -663,6 +663,7 @@ def test_llama_pe_from_hf_rope_scaling_and_back():
     assert model.pe_from_rope_scaling(hf_yarn) == PE("yarn", 4.0, False, 4096, alpha=2.0, beta=16.0, ramp="index")
     assert model.pe_from_rope_scaling({"type": "dynamic", "factor": 2.0}) == PE("dynamic_ntk", 2.0)
     assert model.pe_from_rope_scaling(None) == PE() and model.rope_scaling_of(PE(), 64, 64, 1e4) is None
+    assert PE.parse("llama3:8", alpha=None, beta=None).beta == 4 and PE.parse("yarn:8", beta=None).beta == 32
     assert model.pe_from_rope_scaling({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0}) == PE.parse("llama3:8",
                                                                                                      original_len=8192)
