@@ -249,7 +249,8 @@ def rope_scaling_of(pe: PE, train_len: int, head_dim: int, base: float) -> dict 
         return {"rope_type": {m: t for t, m in HF_ROPE_TYPES.items()}[pe.method], **d}
     theta, mscale = pe.inv_freq(head_dim, base, train_len)
     f = (resonance.rope_inv_freq(head_dim, base) / theta).tolist()
-    ours = {"pe": str(pe)} | ({"ramp": pe.ramp} if pe.method == "yarn" else {}) if pe.method != "longrope" else {}
+    ours = {} if pe.method == "longrope" else {"pe": str(pe)}  # a loaded LongRoPE has no short name
+    ours |= {"ramp": pe.ramp} if pe.method == "yarn" else {}
     return {"rope_type": "longrope", **d, "short_factor": f, "long_factor": f, "attention_factor": mscale,
             "short_mscale": mscale, "long_mscale": mscale, **ours}
 
