@@ -457,13 +457,15 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     switched off on its own, all four PEs, seed-major. The JSON is rewritten after every variant, and a later call
     keeps what it holds for the same preset: a stopped run loses only the variant it was in."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
-    out, runs = Path(args.out), {v: [] for v in variants}
+    out = Path(args.out or "results/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
+    runs = {v: [] for v in variants}
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
-    old = ft.read_json(out, "an ablation results file") if out.is_file() else {}
+    old = ft.read_json(out, "an ablation results file") if out.is_file() else {"preset_config": {}, "variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
-    if old.get("preset_config", {"name": None}).items() <= config.items():  # same size (later fields: defaults)
-        for v in (v for v in old["variants"] if v["name"] in runs):
-            runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
+    if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
+        raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
+    for v in (v for v in old["variants"] if v["name"] in runs):  # same size (fields added later: their defaults)
+        runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
     for seed, v in ((seed, v) for seed in seeds for v in variants):
         if not any(r["seed"] == seed for r in runs[v]):
@@ -944,7 +946,8 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", nargs="+", choices=ABLATION, help="a subset (default all)")
     p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories")
     p.add_argument("--device", default=ft.default_device(), type=ft.device)
-    p.add_argument("--out", default="results/table1_ablation.json", type=ft.path_for("file"))
+    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes)")
+    p.add_argument("--out", type=ft.path_for("file"), help="default results/table1_ablation[_<preset>].json")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
