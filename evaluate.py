@@ -486,8 +486,9 @@ def format_ablation(results: list[dict]) -> str:
              + " | Res. RoPE − RoPE | Res. YaRN − YaRN |", "|---" * 8 + "|"]
     for v in results:
         summary = table1_summary(v["runs"])
-        for task, cells in summary.items():
-            ood = [", ".join(f"{x:.1f}" for x in c["ood"]) + f" ({c['id_mean']:.1f})" for c in cells.values()]
+        for task, cells in ((t, summary[t]) for t in TABLE1_TASKS if t in summary):  # the paper's row and column order
+            ood = [", ".join(f"{x:.1f}" for x in c["ood"]) + f" ({c['id_mean']:.1f})" if c else "not run"
+                   for c in map(cells.get, TABLE1_PES)]
             diff = [f"{d['mean']:+.1f} ± {d['std']:.1f}" + ("" if d["comparable"] else " n/c")
                     for d in v["paired"].get(task, {}).values()]
             lines.append(f"| {v['name']} | {TABLE1_TASKS[task]} | " + " | ".join(ood + diff) + " |")

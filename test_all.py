@@ -557,7 +557,11 @@ def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and
     ood = {(r["pe"], r["seed"]): 100 * r["ood_acc"] for r in full["runs"]}
     assert d["diff"] == pytest.approx([ood["res_yarn", s] - ood["yarn", s] for s in (7, 8)]) and d["seeds"] == [7, 8]
     assert d["mean"] == pytest.approx(np.mean(d["diff"])) and d["std"] == pytest.approx(np.std(d["diff"], ddof=1))
-    assert "| split=disjoint | CoT |" in capsys.readouterr().out
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| split=disjoint | CoT |"))
+    runs = sorted(split["runs"], key=lambda r: r["seed"])  # columns in the paper's order, whatever the runs' order
+    cells = [[100 * r[k] for r in runs if r["pe"] == pe for k in ("ood_acc", "id_acc")] for pe in evaluate.TABLE1_PES]
+    assert row.split(" | ")[2:6] == [", ".join(f"{x:.1f}" for x in c[::2]) + f" ({np.mean(c[1::2]):.1f})" for c in
+                                     cells]
     shutil.rmtree(tmp_path / "runs")  # the JSON's seeds are kept without their run directories: nothing retrains
     assert evaluate.main(["ablation", "--preset", "tiny", "--seeds", "8", "--tasks", "cot", "--variants", *names,
                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
