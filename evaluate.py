@@ -458,21 +458,21 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     keeps what it holds for the same preset: a stopped run loses only the variant it was in."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
     out = Path(args.out or "results/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
-    runs = {v: [] for v in variants}
-    harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in variants}
     old = ft.read_json(out, "an ablation results file") if out.is_file() else {"preset_config": {}, "variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
     if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
         raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
-    for v in (v for v in old["variants"] if v["name"] in runs):  # same size (fields added later: their defaults)
-        runs[v["name"]] = [r for r in v["runs"] if r["task"] in args.tasks]
+    runs = {v["name"]: [r for r in v["runs"] if r["task"] in args.tasks] for v in old["variants"]}  # kept, not rerun
+    names = [v for v in ABLATION if v in runs or v in variants]
+    runs = {v: runs.get(v, []) for v in names}
+    harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in names}
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
     for seed, v in ((seed, v) for seed in seeds for v in variants):
         if not any(r["seed"] == seed for r in runs[v]):
             runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
-                    "paired": paired_differences(table1_summary(runs[v]))} for v in variants]
-        done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in variants)]
+                    "paired": paired_differences(table1_summary(runs[v]))} for v in names]
+        done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in names)]
         ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": done,
                             "variants": results})
     print(format_ablation(results))
