@@ -462,9 +462,9 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
     if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
         raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
-    runs = {v["name"]: [r for r in v["runs"] if r["task"] in args.tasks] for v in old["variants"]}  # kept, not rerun
-    names = [v for v in ABLATION if v in runs or v in variants]
-    runs = {v: runs.get(v, []) for v in names}
+    kept = {v["name"]: [r for r in v["runs"] if r["task"] in args.tasks] for v in old["variants"]}  # not rerun
+    runs = {v: kept.get(v, []) for v in ABLATION if v in kept or v in variants}
+    names = list(runs)
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in names}
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
     for seed, v in ((seed, v) for seed in seeds for v in variants):
