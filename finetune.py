@@ -309,6 +309,8 @@ PRESETS: dict[str, Preset] = {
 PRESETS["semirec"] = dataclasses.replace(PRESETS["quick"], name="semirec", epochs=16, tasks=("semirecursive",))
 # quick trained twice as long (8 epochs): the full harness at twice the budget (the README: CoT is still not learned).
 PRESETS["long"] = dataclasses.replace(PRESETS["quick"], name="long", epochs=8)
+# CoT's budget search: quick trained three times as long (12 epochs), CoT only.
+PRESETS["cot"] = dataclasses.replace(PRESETS["quick"], name="cot", epochs=12, tasks=("cot",))
 # The paper's preset with bf16 autocast instead of TF32 matmuls (a named setting: its numbers may differ).
 PRESETS["paper_bf16"] = dataclasses.replace(PRESETS["paper"], name="paper_bf16", precision="bf16")
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
