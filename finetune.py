@@ -54,7 +54,7 @@ def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], in
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
         if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low:g}, {high:g}], got {text}")
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
         return value
     return parse
 
