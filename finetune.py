@@ -307,7 +307,7 @@ PRESETS: dict[str, Preset] = {
 }
 # Semi-recursive's budget search: quick's model trained 4 times longer.
 PRESETS["semirec"] = dataclasses.replace(PRESETS["quick"], name="semirec", epochs=16, tasks=("semirecursive",))
-# ... and 16 times longer (64 epochs, 20,000 steps): the next budget on that curve.
+# ... and semirec trained 4 times longer (64 epochs, 20,000 steps): the next budget on that curve.
 PRESETS["semirec_long"] = dataclasses.replace(PRESETS["semirec"], name="semirec_long", epochs=64)
 # quick trained twice as long (8 epochs): the full harness at twice the budget (the README: CoT is still not learned).
 PRESETS["long"] = dataclasses.replace(PRESETS["quick"], name="long", epochs=8)
@@ -528,7 +528,7 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
 
 
 def test_selected(path: str | Path, pe: str, device: str = "cpu") -> dict:
-    """The test split scored once per selection rule, with the weights the rule selects (``best-<pe>.pt`` or the
+    """The test split scored for each selection rule, with the weights the rule selects (``best-<pe>.pt`` or the
     last ``ckpt.pt``) under row ``pe``'s table: {rule: {"epoch", "loss", "id_acc", "ood_acc", "per_position"}}.
     Rules selecting the same epoch select the same weights, which are scored once."""
     out, dev = {}, torch.device(device)
