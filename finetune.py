@@ -311,7 +311,7 @@ PRESETS["semirec"] = dataclasses.replace(PRESETS["quick"], name="semirec", epoch
 PRESETS["semirec_long"] = dataclasses.replace(PRESETS["semirec"], name="semirec_long", epochs=64)
 # quick trained twice as long (8 epochs): the full harness at twice the budget (the README: CoT is still not learned).
 PRESETS["long"] = dataclasses.replace(PRESETS["quick"], name="long", epochs=8)
-# CoT's budget search: quick trained three times as long (12 epochs), CoT only.
+# quick trained three times as long (12 epochs): CoT's budget search (table1's default task) and the ablation's size.
 PRESETS["cot"] = dataclasses.replace(PRESETS["quick"], name="cot", epochs=12, tasks=("cot",))
 # The paper's preset with bf16 autocast instead of TF32 matmuls (a named setting: its numbers may differ).
 PRESETS["paper_bf16"] = dataclasses.replace(PRESETS["paper"], name="paper_bf16", precision="bf16")
