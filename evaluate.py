@@ -242,7 +242,7 @@ def cmd_posgen(args: argparse.Namespace) -> int:
         cells = " ".join("   -" if a is None else f"{100 * a:4.0f}" for a in r["per_position"][start:start + 16])
         print(f"{start:>4}-{min(start + 15, len(r['per_position']) - 1):<4} {cells}")
     if args.json:
-        ft.write_json(args.json, {"meta": meta, "epoch": state["epoch"], **r})
+        model_lib.write_json(args.json, {"meta": meta, "epoch": state["epoch"], **r})
     return 0
 
 
@@ -419,7 +419,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
 
     def write(runs: list[dict]) -> None:
         summary, train_s = table1_summary(runs), sum(r["train_s"] for r in runs)
-        ft.write_json(out, {
+        model_lib.write_json(out, {
             "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "shard": args.shard,
             "wall_s": time.perf_counter() - t0, "device": device_name(args.device), "threads": torch.get_num_threads(),
             "precision": preset.precision if torch.device(args.device).type == "cuda" else "fp32", "jobs": args.jobs,
@@ -458,7 +458,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     keeps what it holds for the same preset: a stopped run loses only the variant it was in."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
     out = Path(args.out or "results/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
-    old = ft.read_json(out, "an ablation results file") if out.is_file() else {"preset_config": {}, "variants": []}
+    old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
     if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
         raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
@@ -473,7 +473,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
                     "paired": paired_differences(table1_summary(runs[v]))} for v in names]
         done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in names)]
-        ft.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": done,
+        model_lib.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": done,
                             "variants": results})
     print(format_ablation(results))
     print(f"wrote {out}")
@@ -598,7 +598,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
               "mode": f"sliding window, stride {stride}" if stride else "truncate", "lengths": lengths,
               "trained_context": llama.train_len, "documents": [{"name": n, "tokens": len(i)} for n, i in keep],
               "torch": torch.__version__, **perplexity(llama, keep, pes, lengths, stride, args.device)}
-    ft.write_json(args.out, report)
+    model_lib.write_json(args.out, report)
     if args.png:
         curves = {r["label"]: ({int(n): p for n, p in r["perplexity"].items()}, r["settings"]["resonance"], i)
                   for i, r in enumerate(report["results"].values())}
@@ -697,7 +697,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     print(f"{'PE':<14}" + "".join(f"{n:>8}" for n in args.lengths) + "   (accuracy, mean over depths)")
     for spec, r in results.items():
         print(f"{spec:<14}" + "".join(f"{r['accuracy_by_length'][str(n)]:>8.2f}" for n in args.lengths))
-    ft.write_json(args.out, {"settings": {k: str(v) for k, v in vars(args).items() if k != "func"},
+    model_lib.write_json(args.out, {"settings": {k: str(v) for k, v in vars(args).items() if k != "func"},
                              "model": args.model, "seconds": round(time.perf_counter() - t0, 1), "results": results})
     return 0
 
@@ -708,7 +708,7 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
     since a fine-tuned directory's max_position_embeddings is L' = s·L."""
     runs, curves = [], {}
     for d in map(Path, args.runs):
-        log = ft.read_json(d / "log.json", "a finetune.py llama run directory")
+        log = model_lib.read_json(d / "log.json", "a finetune.py llama run directory")
         if not log.get("done"):
             raise ValueError(f"{d} has not finished training ({len(log['history'])} of {log['steps']} steps)")
         r = log["run"]
@@ -724,13 +724,13 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
             llama = model_lib.load_llama(source, pe).to(args.device)
             report = perplexity(llama, docs, {str(pe): pe}, sorted(args.lengths), None, args.device)
             row[when] = {int(n): p for n, p in report["results"][str(pe)]["perplexity"].items()}
-            ft.write_json(d / f"perplexity_{when}.json", report)
+            model_lib.write_json(d / f"perplexity_{when}.json", report)
             tag = "no FT" if when == "before" else f"FT@{log['seq_len']}"
             curves[f"{row['label']}, {tag}"] = (row[when], when == "before", len(runs))
         runs.append(row)
         print(f"{row['label']:<22} " + "  ".join(f"{n}: {row['before'][n]:.3f} → {row['after'][n]:.3f}"
                                                  for n in sorted(row["after"])), flush=True)
-    ft.write_json(args.out, {"lengths": sorted(args.lengths), "mode": "truncate", "runs": runs})
+    model_lib.write_json(args.out, {"lengths": sorted(args.lengths), "mode": "truncate", "runs": runs})
     if args.png:
         plot_lengths(curves, runs[0]["original_len"], "perplexity (held-out text)", "fine-tuning: dashed before, "
                      "solid after", args.png)
@@ -841,7 +841,7 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     Res. − base differences get bootstrap intervals. Stage by stage, resumable: the JSON is rewritten after each
     stage and a later call skips the stages it holds (for the same settings)."""
     settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("func", "out", "png")}
-    old = ft.read_json(args.out, "a fig4 results file") if Path(args.out).is_file() else {}
+    old = model_lib.read_json(args.out, "a fig4 results file") if Path(args.out).is_file() else {}
     report = old if old.get("settings") == settings else {"settings": settings}
     tokenizer, lengths, t0 = model_lib.load_tokenizer(args.model), sorted(args.lengths), time.perf_counter()
     ft.check_memory(max(lengths + args.passkey_lengths) * 4096 * 4, "the longest evaluation forward")
@@ -856,7 +856,7 @@ def cmd_fig4(args: argparse.Namespace) -> int:
         if spec not in report.setdefault("finetune", {}):
             report["finetune"][spec] = _fig4_finetune(args, spec, root)
             report["finetune"][spec]["mfu"] = report["finetune"][spec]["model_flops_per_s"] / report["peak_flops"]
-            ft.write_json(args.out, report)
+            model_lib.write_json(args.out, report)
     for when, spec in ((w, s) for w in ("before", "after") for s in args.pes):
         if spec in report.setdefault("perplexity", {}).setdefault(when, {}):
             continue
@@ -866,10 +866,10 @@ def cmd_fig4(args: argparse.Namespace) -> int:
         ppl = perplexity(llama, docs, {spec: llama.pe}, lengths, None, args.device)["results"][spec]
         report["perplexity"][when][spec] = ppl | {"passkey": passkey(
             llama, tokenizer, spec, args.passkey_lengths, [0.5], args.trials, 10, args.seed, args.device)}
-        ft.write_json(args.out, report)
+        model_lib.write_json(args.out, report)
     report["differences"] = fig4_differences(report, lengths)
     report["wall_s_this_call"] = time.perf_counter() - t0
-    ft.write_json(args.out, report)
+    model_lib.write_json(args.out, report)
     for pair, by_when in report["differences"].items():
         for when, by_n in by_when.items():
             print(f"{pair} ({when} fine-tuning): " + "; ".join(

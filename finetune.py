@@ -32,7 +32,7 @@ from torch.distributed.checkpoint import state_dict as dcp
 
 import model as model_lib
 import posgen
-from model import atomic_write
+from model import atomic_write, read_json, write_json
 from resonance import PE
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,20 +121,6 @@ def check_memory(nbytes: float, what: str) -> None:
     if nbytes > ram:
         raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
                          f"{ram / 2**30:.3g} GiB")
-
-
-def write_json(path: str | Path, obj: object) -> None:
-    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
-
-
-def read_json(path: str | Path, what: str) -> dict:
-    """A JSON file that must exist and parse; an error names the file and what it should have been."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{Path(path).parent} is not {what} (no {Path(path).name})")
-    try:
-        return json.loads(Path(path).read_text())
-    except ValueError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 # Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.

@@ -505,11 +505,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     os.replace(f"{path}.tmp", path)
 
 
-def _read_json(path: Path) -> dict:
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    atomic_write(path, lambda p: Path(p).write_text(json.dumps(obj, indent=1) + "\n"))
+
+
+def read_json(path: str | os.PathLike, what: str) -> dict:
+    """A JSON file that must exist and parse; an error names the file and what it should have been."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{Path(path).parent} is not {what} (no {Path(path).name})")
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
+        return json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def _hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -529,7 +536,7 @@ def _hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
             return load_file(folder / single)
         index = folder / f"{single}.index.json"
         if index.is_file():
-            shards = sorted(set(_read_json(index)["weight_map"].values()))
+            shards = sorted(set(read_json(index, "a sharded checkpoint")["weight_map"].values()))
             return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
     raise FileNotFoundError(f"{folder} has no model.safetensors, pytorch_model.bin or their index files")
 
@@ -634,10 +641,9 @@ def load_llama(path: str | os.PathLike, pe: str | PE | None = None, *, dtype: to
     pe = None if pe is None else PE.parse(pe)  # a bad spelling fails before any loading
     source = Path(resolve_model_path(path))
     if source.is_dir():
-        if not (source / "config.json").is_file():
-            raise FileNotFoundError(f"{source} has no config.json")
+        hf_config = read_json(source / "config.json", "an HF model directory")
         try:
-            config = LlamaConfig.from_hf(_read_json(source / "config.json"))
+            config = LlamaConfig.from_hf(hf_config)
         except ValueError as e:
             raise ValueError(f"{source / 'config.json'}: {e}") from None
         tensors = {k.removeprefix("model."): v for k, v in _hf_state_dict(source).items()

@@ -111,11 +111,7 @@ def generate(task: str, prefix: np.ndarray, length: int, j: int = 1, k: int = 3,
     x = np.empty((length, n), dtype=np.int64)
     x[:w] = prefix.T
     for l in range(w, length):
-        if task == "recursive":
-            window = x[l - (j + k):l]  # a view: the j+k dependencies are contiguous
-        else:
-            window = x[_positions(task, l, j, k)]
-        out = np.asarray(h(window.T))
+        out = np.asarray(h(x[_positions(task, l, j, k)].T))
         if out.shape != (n,) or (n and out.dtype.kind not in "iu"):
             raise ValueError(f"h must return ({n},) integers, got shape {out.shape} dtype {out.dtype}")
         x[l] = out

@@ -56,8 +56,7 @@ def critical_dim(inv_freq: torch.Tensor, train_len: int) -> int:
     """
     if not train_len > 0:
         raise ValueError(f"train_len must be > 0, got {train_len!r}")
-    lam = 2 * math.pi / inv_freq.to(torch.float64)
-    return int((lam < train_len).sum())
+    return int((wavelengths(inv_freq) < train_len).sum())
 
 
 def resonance(inv_freq: torch.Tensor) -> torch.Tensor:
@@ -68,8 +67,7 @@ def resonance(inv_freq: torch.Tensor) -> torch.Tensor:
     to 0 (an infinite frequency); we clamp λ̃ to at least 1 (a feature that is constant over integer positions).
     θ may be any RoPE or scaled-RoPE frequencies; θ̃ is float64 of the same shape.
     """
-    lam = 2 * math.pi / inv_freq.to(torch.float64)
-    lam_tilde = torch.round(lam).clamp_min(1.0)
+    lam_tilde = torch.round(wavelengths(inv_freq)).clamp_min(1.0)
     return 2 * math.pi / lam_tilde
 
 
@@ -92,9 +90,7 @@ def ntk_inv_freq(dim: int, base: float, factor: float) -> torch.Tensor:
         raise ValueError(f"base must be a finite number > 1, got {base!r}")
     if not 1 <= factor < math.inf:
         raise ValueError(f"factor must be a finite number >= 1, got {factor!r}")
-    new_base = base * factor ** (dim / (dim - 2))
-    j = torch.arange(dim // 2, dtype=torch.float64)
-    return new_base ** (-2.0 * j / dim)
+    return rope_inv_freq(dim, base * factor ** (dim / (dim - 2)))
 
 
 def dynamic_ntk_inv_freq(dim: int, base: float, train_len: int, seq_len: int,
