@@ -473,8 +473,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
                     "paired": paired_differences(table1_summary(runs[v]))} for v in names]
         done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in names)]
-        model_lib.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset), "seeds": done,
-                            "variants": results})
+        model_lib.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset),
+                                   "seeds": done, "variants": results})
     print(format_ablation(results))
     print(f"wrote {out}")
     return 0
@@ -698,7 +698,8 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     for spec, r in results.items():
         print(f"{spec:<14}" + "".join(f"{r['accuracy_by_length'][str(n)]:>8.2f}" for n in args.lengths))
     model_lib.write_json(args.out, {"settings": {k: str(v) for k, v in vars(args).items() if k != "func"},
-                             "model": args.model, "seconds": round(time.perf_counter() - t0, 1), "results": results})
+                                    "model": args.model, "seconds": round(time.perf_counter() - t0, 1),
+                                    "results": results})
     return 0
 
 
