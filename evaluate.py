@@ -105,9 +105,8 @@ def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
 
     ``finetune.posgen_step`` on App. C.1's model under the full ``code`` harness (frozen FFN, T5 attention), B =
     128 sequences of T = 64, the paper preset's precision (TF32 matmuls on CUDA, compiled there; fp32 on CPU).
-    Model FLOPs per step (PaLM's convention): 6·N·B·T + 12·n_layer·d_model·T·B·T, N = parameters in matmuls (LM
-    head included), the second term attention's score and value matmuls. MFU = those FLOPs per second over the
-    2048³ matmul rate measured here on the same device, threads and precision."""
+    Model FLOPs per step: B·T × ``finetune.model_flops_per_token`` (PaLM's count). MFU = those FLOPs per second
+    over the 2048³ matmul rate measured here on the same device, threads and precision."""
     torch.manual_seed(0)
     dev, preset, B, T = torch.device(device), ft.PRESETS[preset], 128, 64
     net = ft.posgen_model(ft.run_meta("recursive", "rope", 0, preset, ft.HARNESSES["code"]))[0].to(dev)
@@ -126,9 +125,8 @@ def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
     n = 50 if dev.type == "cuda" else 2
     t_step, t_mm = _best_times(lambda: steps(n), lambda: (a @ b, sync()), repeat=3)
     t_step /= n
-    cfg = net.config
-    n_mm = sum(p.numel() for name, p in net.named_parameters() if p.dim() == 2 and not name.startswith("tok_emb"))
-    flops, rate = 6 * n_mm * B * T + 12 * cfg.n_layer * cfg.d_model * T * B * T, 2 * 2048**3 / t_mm
+    flops = B * T * ft.model_flops_per_token(net, net.config.n_layer, net.config.d_model, T)
+    rate = 2 * 2048**3 / t_mm
     return [_row(f"train {preset.name}-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
                  f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
 
@@ -819,9 +817,8 @@ def _fig4_finetune(args: argparse.Namespace, spec: str, root: Path) -> dict:
     log = ft.finetune_llama(run, root / spec.replace(":", "-s"), device=str(args.device))
     wall = log["history"][-1]["elapsed_s"]
     tokens = log["steps"] * args.batch_size * log["seq_len"]
-    net = model_lib.load_llama(args.model)  # model FLOPs per token (6N + attention), as PaLM
-    n_mm = sum(p.numel() for name, p in net.named_parameters() if p.dim() == 2 and "embed" not in name)
-    flops = 6 * n_mm + 6 * net.config.num_hidden_layers * net.config.hidden_size * log["seq_len"]
+    net = model_lib.load_llama(args.model)
+    flops = ft.model_flops_per_token(net, net.config.num_hidden_layers, net.config.hidden_size, log["seq_len"])
     return {"train_tokens": tokens, "steps": log["steps"], "seq_len": log["seq_len"], "wall_s": wall,
             "tokens_per_s": tokens / wall, "model_flops_per_s": flops * tokens / wall,
             "loss_first": log["history"][0]["loss"], "loss_last": log["history"][-1]["loss"]}

@@ -185,6 +185,14 @@ def _autocast(dev: torch.device, precision: str = "bf16"):
     return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and precision == "bf16")
 
 
+def model_flops_per_token(net: torch.nn.Module, n_layer: int, d_model: int, seq_len: int) -> int:
+    """Training FLOPs per token as PaLM counts them (Chowdhery et al., 2022, App. B), for MFU: 6 per weight of
+    every matmul (the ``nn.Linear`` layers, a tied LM head included; an embedding lookup is free) plus
+    12·n_layer·d_model·T for attention's score and value matmuls over a T-token context."""
+    n_matmul = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * n_matmul + 12 * n_layer * d_model * seq_len
+
+
 # ----------------------------------------------------------------------------------------------------------
 # PosGen (Sec. 6.1, App. C.1)
 

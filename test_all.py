@@ -1062,6 +1062,10 @@ def test_fig4_command_runs_at_toy_size_every_pe_on_identical_batches_and_resumes
     batches.clear()
     assert evaluate.main(argv) == 0 and not batches  # a second call trains nothing and keeps every stage
     assert json.loads(out.read_text())["perplexity"] == r["perplexity"]
+def test_model_flops_count_every_matmul_weight_once_a_tied_head_included():
+    net = model.Llama(model.LlamaConfig(**TINY_LLAMA, tie_word_embeddings=True))  # head dim 16, 2 of 4 kv heads
+    per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128  # q, k and v (GQA), o, the MLP's three
+    assert finetune.model_flops_per_token(net, 2, 64, 10) == 6 * (2 * per_layer + 64 * 300) + 12 * 2 * 64 * 10
 def test_finetune_llama_compare_scores_heldout_text_before_and_after(ft, tmp_path):
     run, out, png = ft[0] / "run", tmp_path / "cmp.json", tmp_path / "cmp.png"
     assert evaluate.main(["llama-compare", str(run), "--lengths", "32", "64", "--out", str(out), "--png", str(png),
