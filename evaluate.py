@@ -230,7 +230,7 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
     if len(state["history"]) < p.epochs:
         print(f"note: the run is unfinished (epoch {len(state['history'])}/{p.epochs})", file=sys.stderr)
-    r = ft.evaluate_posgen(net, ft.posgen_data(meta)["test"], p)
+    r = ft.evaluate_posgen(net.to(args.device), ft.posgen_data(meta)["test"], p, args.device)
     print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, harness {meta['harness']}, "
           f"trained as {meta['pe']}, epoch {state['epoch']} of {p.epochs}, {harness.select}); evaluated with "
           f"{net.config.pe}\ntest loss {r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) "
@@ -250,8 +250,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def table1_summary(runs: list[dict]) -> dict:
-    """Per (task, PE): OOD and ID accuracy in %, per seed and as mean ± std over seeds (with the variance), and
-    whether the cell is comparable (mean ID accuracy ≥ 95%: the model learned the rule, so OOD measures the PE)."""
+    """Per (task, PE): OOD and ID accuracy in %, per seed and as mean ± std over seeds (sample std; beside it the
+    population variance, np.var), and whether the cell is comparable (mean ID accuracy ≥ 95%: the model learned
+    the rule, so OOD measures the PE)."""
     out: dict = {}
     for task, pe in dict.fromkeys((r["task"], r["pe"]) for r in runs):
         cell = sorted((r for r in runs if (r["task"], r["pe"]) == (task, pe)), key=lambda r: r["seed"])
@@ -453,24 +454,31 @@ ABLATION = {"full": {}, "select=last": {"select": "last"}, "freeze_ffn=false": {
 def cmd_ablation(args: argparse.Namespace) -> int:
     """Which harness settings does Table 1's ordering depend on: the full ``code`` harness, then each item
     switched off on its own, all four PEs, seed-major. The JSON is rewritten after every variant, and a later call
-    keeps what it holds for the same preset: a stopped run loses only the variant it was in."""
+    keeps what it holds for the same preset (every variant, seed and task), training only the (seed, task) cells a
+    requested variant lacks: a stopped run loses only the variant it was in. "seeds": those complete in every
+    variant and task held."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
     out = Path(args.out or "results/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
     old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
     if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
         raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
-    kept = {v["name"]: [r for r in v["runs"] if r["task"] in args.tasks] for v in old["variants"]}  # not rerun
+    kept = {v["name"]: v["runs"] for v in old["variants"]}  # every (variant, seed, task) held is kept, not rerun
     runs = {v: kept.get(v, []) for v in ABLATION if v in kept or v in variants}
     names = list(runs)
     harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in names}
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
+    tasks = list(dict.fromkeys([r["task"] for rs in runs.values() for r in rs] + list(args.tasks)))
+
+    def has(v: str, seed: int, task: str) -> bool:
+        return any((r["seed"], r["task"]) == (seed, task) for r in runs[v])
+
     for seed, v in ((seed, v) for seed in seeds for v in variants):
-        if not any(r["seed"] == seed for r in runs[v]):
-            runs[v] += run_cells(preset, harness[v], args.tasks, list(TABLE1_PES), [seed], args)
+        if todo := [t for t in args.tasks if not has(v, seed, t)]:
+            runs[v] += run_cells(preset, harness[v], todo, list(TABLE1_PES), [seed], args)
         results = [{"name": v, "harness": dataclasses.asdict(harness[v]), "runs": runs[v],
                     "paired": paired_differences(table1_summary(runs[v]))} for v in names]
-        done = [s for s in seeds if all(any(r["seed"] == s for r in runs[v]) for v in names)]
+        done = [s for s in seeds if all(has(v, s, t) for v in names for t in tasks)]
         model_lib.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset),
                                    "seeds": done, "variants": results})
     print(format_ablation(results))
@@ -713,7 +721,10 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
         r = log["run"]
         pe = PE.parse(r["pe"], original_len=log["original_len"], alpha=r["alpha"], beta=r["beta"])
         tokenizer = model_lib.load_tokenizer(r["model"])
-        docs = [(name, tokenizer.encode(text).ids) for name, text in ft.read_documents([str(d / "heldout.jsonl")])]
+        docs = [(name, ids) for name, ids in ((n, tokenizer.encode(t).ids) for n, t in ft.read_documents(
+            [str(d / "heldout.jsonl")])) if len(ids) >= max(args.lengths)]  # truncate mode: each fills every window
+        if not docs:
+            raise ValueError(f"{d}: no held-out document has >= {max(args.lengths)} tokens (the longest --lengths)")
         row = {"dir": str(d), "pe": str(pe), "label": pe.label(), **{k: log[k] for k in (
             "seq_len", "target_len", "original_len", "steps")}, "lr": r["lr"], "seed": r["seed"],
             "train_tokens": log["steps"] * r["batch_size"] * log["seq_len"], "loss_first": log["history"][0]["loss"],
@@ -848,7 +859,8 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     heldout = fig4_data(tokenizer, args.heldout_docs, lengths[-1], args.tokens * 11 // 10, root / "train.jsonl")
     report["heldout"] = [{"name": d["name"], "tokens": len(d["ids"])} for d in heldout]
     report.setdefault("device", device_name(args.device))
-    report.setdefault("peak_flops", _matmul_rate(args.device))
+    if "peak_flops" not in report:  # measured once: a resumed call keeps the first call's rate
+        report["peak_flops"] = _matmul_rate(args.device)
     docs = [(d["name"], d["ids"]) for d in heldout]
     for spec in args.pes:
         if spec not in report.setdefault("finetune", {}):

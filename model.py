@@ -196,8 +196,7 @@ def pe_from_rope_scaling(rope_scaling: dict | None) -> PE:
     an HF type) read as they always did. This is the one place HF's rope settings are read; a key we would
     silently get wrong is an error."""
     d = {k: v for k, v in (rope_scaling or {}).items() if v is not None and k != "rope_theta"}  # HF 5 keeps b here
-    rope_type = d.pop("rope_type", d.pop("type", "default"))
-    d.pop("type", None)  # HF 4.x configs may carry both spellings
+    rope_type = d.pop("rope_type", d.pop("type", "default"))  # HF 4.x configs may carry both spellings: both go
     if "pe" in d:  # rope_scaling_of's longrope form: stock runtimes read the factors, we read the PE's name
         pe = PE.parse(d.pop("pe"))
         d = {k: v for k, v in d.items() if k not in _LONGROPE_KEYS} | {"resonance": pe.resonance}
@@ -399,7 +398,7 @@ class Llama(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.gradient_checkpointing = False  # set by fine-tuning: trade compute for activation memory
-        self.pe = pe or pe_from_rope_scaling(config.rope_scaling)
+        self.set_pe(pe or pe_from_rope_scaling(config.rope_scaling))
 
     @property
     def train_len(self) -> int:
@@ -407,8 +406,10 @@ class Llama(nn.Module):
         return self.pe.original_len or self.config.max_position_embeddings
 
     def set_pe(self, pe: PE) -> None:
-        """Switch to another position encoding: only the cos/sin tables change, never a weight."""
-        self.pe = pe
+        """Switch to another position encoding: only the cos/sin tables change, never a weight. A PE without
+        ``original_len`` takes the checkpoint's L (its config's, else ``max_position_embeddings``)."""
+        own = pe_from_rope_scaling(self.config.rope_scaling).original_len
+        self.pe = pe if pe.original_len is not None else dataclasses.replace(pe, original_len=own)
 
     def rope_tables(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (T, d_h/2), float32, for positions start … start+T−1: rows [start : start+T] of the PE's table
@@ -659,8 +660,6 @@ def load_llama(path: str | os.PathLike, pe: str | PE | None = None, *, dtype: to
             *args, rs["short_factor"])
         if not torch.allclose(ours, stock, rtol=1e-6, atol=0):
             raise ValueError(f"{source}: rope_scaling 'pe' {rs['pe']!r} disagrees with its short_factor")
-    if pe is not None and pe.original_len is None:
-        pe = dataclasses.replace(pe, original_len=own.original_len)
     model = Llama(config, pe or own)
     if config.tie_word_embeddings:
         tensors["lm_head.weight"] = tensors.get("embed_tokens.weight")

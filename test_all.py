@@ -566,6 +566,20 @@ def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and
     assert evaluate.main(["ablation", "--preset", "tiny", "--seeds", "8", "--tasks", "cot", "--variants", "full",
                           "--runs-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
     assert not (tmp_path / "runs").exists() and json.loads(out.read_text())["variants"] == data["variants"]
+    calls = []  # a new task: only its cells are trained, for every seed held; a call without a task keeps its rows
+
+    def fake_cells(preset, harness, tasks, pes, seeds, args):
+        calls.append((tasks, seeds))
+        return [{"task": t, "pe": pe, "seed": s, "id_acc": 1.0, "ood_acc": 0.5} for t in tasks for pe in pes
+                for s in seeds]
+    monkeypatch.setattr(evaluate, "run_cells", fake_cells)
+    argv = ["ablation", "--preset", "tiny", "--seeds", "8", "--variants", "full", "--out", str(out), "--tasks"]
+    assert evaluate.main([*argv, "cot", "recursive"]) == 0 and calls == [(["recursive"], [7]), (["recursive"], [8])]
+    assert evaluate.main([*argv, "recursive"]) == 0 and len(calls) == 2
+    new = json.loads(out.read_text())
+    assert {(r["task"], r["seed"]) for r in new["variants"][0]["runs"]} == {(t, s) for t in ("cot", "recursive")
+                                                                            for s in (7, 8)}
+    assert new["variants"][1:] == data["variants"][1:] and new["seeds"] == []  # those two lack Recursive
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
@@ -683,6 +697,11 @@ def test_llama_pe_from_hf_rope_scaling_and_back():
             assert torch.equal(back.inv_freq(64, 1e4)[0].float(), pe.inv_freq(64, 1e4, 4096)[0].float())
         else:
             assert back == dataclasses.replace(pe, original_len=None if pe.method == "dynamic_ntk" else 4096)
+def test_llama_set_pe_without_original_len_keeps_the_checkpoints_train_len(tmp_path):
+    model.save_llama(_tiny_llama(PE.parse("yarn:2", original_len=64)), tmp_path / "m")  # max_position_embeddings 128
+    swapped, m = model.load_llama(tmp_path / "m"), model.load_llama(tmp_path / "m", "res_yarn:2")
+    swapped.set_pe(PE.parse("res_yarn:2"))  # evaluate.py perplexity / passkey swap PEs like this
+    assert swapped.train_len == m.train_len == 64 and swapped.pe == m.pe
 @pytest.mark.parametrize("pe", [PE(), PE("yarn", 2.0, resonance=True), PE("dynamic_ntk")], ids=str)
 def test_llama_kv_cache_decoding_equals_full_forward(pe):
     m, ids = _tiny_llama(pe), torch.randint(0, 300, (2, 40), generator=_gen(3))
@@ -1066,7 +1085,7 @@ def test_model_flops_count_every_matmul_weight_once_a_tied_head_included():
     net = model.Llama(model.LlamaConfig(**TINY_LLAMA, tie_word_embeddings=True))  # head dim 16, 2 of 4 kv heads
     per_layer = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128  # q, k and v (GQA), o, the MLP's three
     assert finetune.model_flops_per_token(net, 2, 64, 10) == 6 * (2 * per_layer + 64 * 300) + 12 * 2 * 64 * 10
-def test_finetune_llama_compare_scores_heldout_text_before_and_after(ft, tmp_path):
+def test_finetune_llama_compare_scores_heldout_text_before_and_after(ft, tmp_path, capsys):
     run, out, png = ft[0] / "run", tmp_path / "cmp.json", tmp_path / "cmp.png"
     assert evaluate.main(["llama-compare", str(run), "--lengths", "32", "64", "--out", str(out), "--png", str(png),
                           "--device", "cpu"]) == 0
@@ -1081,6 +1100,8 @@ def test_finetune_llama_compare_scores_heldout_text_before_and_after(ft, tmp_pat
         means = [net.token_nll(torch.tensor([tok.encode(t).ids[:64]]))[0].double().mean().item()
                  for t in _texts(run / "heldout.jsonl")]
     assert row["after"]["64"] == pytest.approx(math.exp(sum(means) / 2), rel=1e-6)
+    assert evaluate.main(["llama-compare", str(run), "--lengths", "99999", "--out", str(out), "--png", ""]) == 2
+    assert "no held-out document has >= 99999 tokens" in capsys.readouterr().err  # none is scored short
 
 
 # ================================ Machinery: atomic writes, loaders, bad input, command lines =======================
