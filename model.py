@@ -405,6 +405,14 @@ class Llama(nn.Module):
         """L, the context the PE's scaling starts from."""
         return self.pe.original_len or self.config.max_position_embeddings
 
+    @property
+    def context_len(self) -> int:
+        """The context the model is for, as exports write it: L' = ⌈s·L⌉ for a PE that scales by s > 1, else the
+        checkpoint's max_position_embeddings (Dynamic NTK's L, from which HF measures its length L_c)."""
+        if self.pe.factor == 1 or self.pe.method == "dynamic_ntk":
+            return self.config.max_position_embeddings
+        return math.ceil(self.pe.factor * self.train_len)
+
     def set_pe(self, pe: PE) -> None:
         """Switch to another position encoding: only the cos/sin tables change, never a weight. A PE without
         ``original_len`` takes the checkpoint's L (its config's, else ``max_position_embeddings``)."""
@@ -727,12 +735,9 @@ def save_llama(model: Llama, out_dir: str | os.PathLike, tokenizer=None) -> None
     """
     out, c, pe = Path(out_dir), model.config, model.pe
     scaling = rope_scaling_of(pe, model.train_len, c.head_dim, c.rope_theta)
-    # HF derives YaRN's factor from max_position_embeddings / original_max_position_embeddings: keep them s apart
-    max_pos = math.ceil(pe.factor * model.train_len) if scaling and pe.method != "dynamic_ntk" and \
-        "factor" in scaling else c.max_position_embeddings
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
               **{k: v for k, v in dataclasses.asdict(c).items() if k != "rope_scaling"},
-              "max_position_embeddings": max_pos, "rope_scaling": scaling,
+              "max_position_embeddings": model.context_len, "rope_scaling": scaling,  # HF's YaRN s: max / original
               "torch_dtype": str(model.embed_tokens.weight.dtype).removeprefix("torch.")}
     tensors = {("" if k == "lm_head.weight" else "model.") + k: v.detach().cpu().contiguous()
                for k, v in model.state_dict().items() if not (c.tie_word_embeddings and k == "lm_head.weight")}
@@ -827,9 +832,8 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer=None, dtype: str 
     if pe.method == "dynamic_ntk" or (pe.method == "longrope" and pe.short_factor != pe.long_factor):
         raise ValueError(f"pe {pe}: llama.cpp has no length-dependent RoPE; it cannot be exported to GGUF")
     theta, mscale = pe.inv_freq(c.head_dim, c.rope_theta, model.train_len)
-    max_pos = math.ceil(pe.factor * model.train_len) if pe.method != "rope" else c.max_position_embeddings
     w = gguf.GGUFWriter(None, "llama")
-    w.add_context_length(max_pos)
+    w.add_context_length(model.context_len)
     w.add_embedding_length(c.hidden_size)
     w.add_block_count(c.num_hidden_layers)
     w.add_feed_forward_length(c.intermediate_size)

@@ -787,6 +787,14 @@ def test_save_llama_runs_in_stock_transformers_with_our_logits(tmp_path, spec):
         old = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"), dtype=torch.float32).eval()
         with torch.no_grad():  # ... while we still read it as Resonance YaRN
             assert (old(x).logits - ours).abs().max() > 0.1 and torch.equal(model.load_llama(tmp_path / "m")(x), ours)
+def test_save_llama_and_save_gguf_write_one_context_length(tmp_path):
+    model.save_llama(_tiny_llama(PE.parse("yarn:2", original_len=64)), tmp_path / "m")  # max_position_embeddings 128
+    for spec, n in (("res_rope", 128), ("res_yarn:4", 256)):  # unscaled: the checkpoint's; scaled: ⌈s·L⌉
+        net = model.load_llama(tmp_path / "m", spec)
+        model.save_llama(net, tmp_path / spec)
+        model.save_gguf(net, tmp_path / f"{spec}.gguf")
+        hf = json.loads((tmp_path / spec / "config.json").read_text())["max_position_embeddings"]
+        assert hf == model.load_llama(tmp_path / f"{spec}.gguf").config.max_position_embeddings == net.context_len == n
 def test_load_llama_refuses_a_pe_name_that_disagrees_with_its_factors(tmp_path):
     model.save_llama(_tiny_llama(PE.parse("res_yarn:4", original_len=64)), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
