@@ -402,14 +402,20 @@ def posgen_data(meta: dict) -> dict[str, np.ndarray]:
                               p["j"], p["k"], p["modulus"], seed=meta["seed"], split=meta["harness"]["split"])
 
 
+def decay_groups(net: torch.nn.Module, decay_gains: bool = False) -> list[dict]:
+    """AdamW parameter groups of the trained weights (a frozen one gets no update, not even decay): matrices
+    decay, 1-D weights (norm gains) only with ``decay_gains``."""
+    params = [p for p in net.parameters() if p.requires_grad]
+    if decay_gains:
+        return [{"params": params}]
+    return [{"params": [p for p in params if p.dim() >= 2]}, {"params": [p for p in params if p.dim() < 2],
+                                                              "weight_decay": 0.0}]
+
+
 def posgen_optimizer(net: torch.nn.Module, preset: Preset, schedule: str, total_steps: int):
     """AdamW with PyTorch's one-cycle cosine schedule. ``authors``: every trained weight decays and β1 follows
     the schedule (OneCycleLR's cycle_momentum, on in their Lightning config); ``ours``: norm gains do not decay."""
-    params = [p for p in net.parameters() if p.requires_grad]  # frozen weights get no update, not even decay
-    groups = [{"params": params}] if schedule == "authors" else [
-        {"params": [p for p in params if p.dim() >= 2]}, {"params": [p for p in params if p.dim() < 2],
-                                                          "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=preset.lr, weight_decay=preset.weight_decay)
+    opt = torch.optim.AdamW(decay_groups(net, schedule == "authors"), lr=preset.lr, weight_decay=preset.weight_decay)
     return opt, torch.optim.lr_scheduler.OneCycleLR(opt, preset.lr, total_steps=total_steps, pct_start=preset.pct_start,
                                                     cycle_momentum=schedule == "authors")
 
@@ -760,9 +766,7 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
     torch.manual_seed(run.seed)
     net.gradient_checkpointing = run.grad_checkpointing
     lm = distribute(net, dev, world, fsdp)
-    params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": run.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=run.lr)
+    opt = torch.optim.AdamW(decay_groups(net), lr=run.lr, weight_decay=run.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(max(1, math.ceil(run.warmup * log["steps"]))))
     state = resume_training(Path(out) / "ckpt.pt", log["run"], net, opt, sched)
     first, log["history"], elapsed = state.get("step", 0), state.get("history", []), state.get("elapsed_s", 0.0)
@@ -773,7 +777,7 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
         time.perf_counter(), run.batch_size * log["seq_len"]
     for step in range(first, last):
         t0, idx = time.perf_counter(), batch_indices(step, run.batch_size, len(train), run.seed)
-        loss, lr = _llama_step(lm, opt, sched, train, idx.chunk(world)[rank].split(run.micro_batch), dev, fsdp)
+        loss, lr = _llama_step(lm, opt, sched, train, idx.chunk(world)[rank].split(run.micro_batch), dev, fsdp, world)
         elapsed += time.perf_counter() - t0
         log["history"].append({"step": step + 1, "loss": loss, "lr": lr, "tokens": (step + 1) * tokens,
                                "tok_s": tokens / (time.perf_counter() - t0), "elapsed_s": elapsed})
@@ -798,9 +802,9 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
 
 
 def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, ...], dev: torch.device,
-                fsdp: bool) -> tuple[float, float]:
+                fsdp: bool, world: int) -> tuple[float, float]:
     """One optimiser step over this rank's micro-batches of sequence indices: (mean loss over ranks, lr)."""
-    loss_sum, world = torch.zeros((), device=dev), int(os.environ.get("WORLD_SIZE", 1))
+    loss_sum = torch.zeros((), device=dev)
     for k, mb in enumerate(micro):
         if fsdp:  # reduce gradients once per step, not per micro-batch
             lm.set_requires_gradient_sync(k == len(micro) - 1)
