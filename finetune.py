@@ -519,7 +519,10 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
         raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, and select one of "
                          f"{SELECT_RULES}, got {pe!r}, {select!r}")
     if select == "best_val_id":
-        state = {**state, **load_checkpoint(path.parent / f"best-{pe or meta['pe']}.pt", meta)}
+        best = path.parent / f"best-{pe or meta['pe']}.pt"
+        if not best.exists():  # written at the first validation
+            raise ValueError(f"{path.parent} has no validated epoch yet (no {best.name}); --select last reads ckpt.pt")
+        state = {**state, **load_checkpoint(best, meta)}
     net = posgen_model(meta)[0]
     net.load_state_dict(state["model"])
     p = meta["preset"]

@@ -474,6 +474,10 @@ def test_table1_training_resume_is_bit_identical(tmp_path, capsys):
             for r in "ab")
     assert evaluate.main(["posgen", "--checkpoint", str(b), "--select", "last"]) == 0
     assert "note: the run is unfinished (epoch 1/3)" in capsys.readouterr().err
+    slow = dataclasses.replace(TINY_PRESET, name="slow", val_every=2)  # epoch 1 is not validated
+    finetune.train_posgen("recursive", "rope", 7, slow, "code", tmp_path / "c", stop_after=1)
+    assert evaluate.main(["posgen", "--checkpoint", str(finetune.run_dir(tmp_path / "c", slow, finetune.HARNESSES[
+        "code"], "recursive", "rope", 7))]) == 2 and "no validated epoch yet" in capsys.readouterr().err
     torch.manual_seed(999)  # a fresh process would have another RNG state: resume must restore its own
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
     resumed = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b")
