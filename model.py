@@ -604,6 +604,10 @@ def _gguf_config(reader, field, source: str) -> LlamaConfig:
         rope_scaling = {"rope_type": "longrope", "short_factor": f, "long_factor": f, "attention_factor": attn,
                         "original_max_position_embeddings": int(field("llama.rope.scaling.original_context_length",
                                                                       field("llama.context_length")))}
+        # save_gguf's rope_scaling_of, so our PE comes back by name (float32 factors lose Alg. 1's exact λ̃);
+        # load_llama checks the name against the factors llama.cpp runs
+        ours = json.loads(field("resonance.rope_scaling", "{}"))
+        rope_scaling = ours | {k: rope_scaling[k] for k in ("short_factor", "long_factor")} if ours else rope_scaling
     return LlamaConfig(
         vocab_size=int(field("llama.vocab_size", 0)) or len(field("tokenizer.ggml.tokens")), hidden_size=hidden,
         intermediate_size=int(field("llama.feed_forward_length")), num_hidden_layers=int(field("llama.block_count")),
@@ -852,6 +856,9 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer=None, dtype: str 
         w.add_rope_scaling_orig_ctx_len(model.train_len)
         w.add_rope_scaling_attn_factors(mscale)
         w.add_tensor("rope_freqs.weight", (resonance.rope_inv_freq(c.head_dim, c.rope_theta) / theta).float().numpy())
+        scaling = rope_scaling_of(pe, model.train_len, c.head_dim, c.rope_theta)
+        if "pe" in scaling:  # our PE by name, for load_llama (llama.cpp ignores the key)
+            w.add_string("resonance.rope_scaling", json.dumps(scaling))
     if tokenizer is None:
         w.add_tokenizer_model("no_vocab")
     else:

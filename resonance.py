@@ -71,6 +71,15 @@ def resonance(inv_freq: torch.Tensor) -> torch.Tensor:
     return 2 * math.pi / lam_tilde
 
 
+def integer_wavelengths(inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(λ̃, integer): each wavelength rounded (at least 1), float64, and whether λ_j is that integer up to float64
+    rounding (|λ − λ̃| ≤ 1e-12·λ): Alg. 1's θ̃ = 2π/λ̃ in float64 gives λ̃ back to about 1e-16. A θ̃ stored in
+    float32 does not count (it is no longer 2π/λ̃), nor does a plain θ that happens to lie near an integer λ."""
+    lam = wavelengths(inv_freq)
+    lam_tilde = torch.round(lam).clamp_min(1.0)
+    return lam_tilde, (lam - lam_tilde).abs() <= 1e-12 * lam
+
+
 def linear_inv_freq(inv_freq: torch.Tensor, factor: float) -> torch.Tensor:
     """Position Interpolation (Chen et al., 2023): θ_j/s, the same as dividing every position m by s."""
     if not 1 <= factor < math.inf:
@@ -283,12 +292,13 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, mscale: float 
                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """cos(n·θ_j) and sin(n·θ_j) tables (the entries of R_{Θ,n}, Eq. 2-3), times ``mscale``.
 
-    A feature with an integer wavelength λ̃ (Resonance, Alg. 1) takes the angle of the residue n mod λ̃,
-    2π·(n mod λ̃)/λ̃ in float64, so the table is *exactly* periodic: row n is bit-identical to row n mod λ̃ for
-    any integer position. This is Theorem 1 made true in floating point, where n·θ̃ itself would drift. Other
-    features take n·θ_j in float64. Cos and sin are evaluated once per table entry, then gathered: a feature
-    whose period fits in the table has one period of entries, any other feature one entry per row. Everything
-    is cast to ``dtype`` at the end (never form angles in fp16/bf16: their integers are not exact past 2048/256).
+    A feature with an integer wavelength λ̃ (Resonance, Alg. 1; ``integer_wavelengths``) takes the angle of the
+    residue n mod λ̃, 2π·(n mod λ̃)/λ̃ in float64, so the table is *exactly* periodic: row n is bit-identical to
+    row n mod λ̃ for any integer position. This is Theorem 1 made true in floating point, where n·θ̃ itself would
+    drift. Other features take n·θ_j in float64. Cos and sin are evaluated once per table entry, then gathered: a
+    feature whose period fits in the table has one period of entries, any other feature one entry per row.
+    Everything is cast to ``dtype`` at the end (never form angles in fp16/bf16: their integers are not exact past
+    2048/256).
 
     θ has shape (F,) with F = d/2, ``positions`` n shape (N,); cos and sin have shape (N, F).
     """
@@ -298,9 +308,8 @@ def rope_cos_sin(inv_freq: torch.Tensor, positions: torch.Tensor, mscale: float 
     theta = inv_freq.to(torch.float64).reshape(-1)
     n = positions.to(torch.int64)
     N, F = n.numel(), theta.numel()
-    lam = 2 * math.pi / theta
-    period = torch.round(lam).clamp_min(1).to(torch.int64)
-    integer = (lam - period).abs() <= 1e-6 * lam  # 1e-6 relative: a θ̃ that went through float32 still counts
+    period, integer = integer_wavelengths(theta)
+    period = period.to(torch.int64)
     short = integer & (period <= N)  # one period is no longer than the table
     size = torch.where(short, period, N)  # table entries per feature
     offset = torch.cumsum(size, 0) - size
@@ -359,10 +368,8 @@ def feature_gap(inv_freq: torch.Tensor, train_len: int, test_len: int) -> torch.
     if not test_len > train_len:
         raise ValueError(f"test_len must be > train_len = {train_len}, got {test_len!r}")
     theta = inv_freq.to(torch.float64).reshape(-1, 1)
-    lam = 2 * math.pi / theta
-    lam_int = torch.round(lam)
-    periodic = ((lam - lam_int).abs() <= 1e-6 * lam) & (lam_int >= 1)
-    period = torch.where(periodic, lam_int, torch.ones_like(lam))
+    lam_tilde, periodic = integer_wavelengths(theta)
+    period = torch.where(periodic, lam_tilde, torch.ones_like(lam_tilde))
 
     def angles(n: torch.Tensor) -> torch.Tensor:  # n·θ mod 2π, exact for integer wavelengths
         nf = n.to(torch.float64)[None, :]

@@ -122,6 +122,16 @@ def test_alg1_tables_exactly_periodic_at_huge_and_negative_positions():
     ref = 2 * math.pi * (n[:, None] % lam[None, :]).double() / lam.double()  # the exact reduced angle
     torch.testing.assert_close(cos_n.double(), ms * torch.cos(ref), rtol=0, atol=1e-6)
     torch.testing.assert_close(sin_n.double(), ms * torch.sin(ref), rtol=0, atol=1e-6)
+def test_alg1_wavelengths_are_exactly_periodic_but_a_plain_one_near_an_integer_is_not_snapped():
+    lam, pos = torch.tensor([6.0, 8.0, 11.0, 15.0], dtype=torch.float64), torch.arange(4096)
+    exact, near = 2 * math.pi / lam, 2 * math.pi / (lam * (1 + 1e-10))  # near: a plain θ, 1e-10 off an integer λ
+    cos = resonance.rope_cos_sin(exact, pos)[0]
+    assert all(torch.equal(cos[p:, j], cos[:-p, j]) for j, p in enumerate([6, 8, 11, 15]))
+    assert (resonance.feature_gap(exact, 64, 4096) == 0).all() and (resonance.feature_gap(near, 64, 4096) > 0).all()
+    smollm2 = resonance.rope_inv_freq(64, 1e5)  # λ_22 lies 0.0015 from an integer
+    for theta, n in ((near, pos), (exact.float(), pos), (smollm2, torch.arange(32768))):  # float32 θ̃ is not 2π/λ̃
+        torch.testing.assert_close(resonance.rope_cos_sin(theta, n)[0].double(), torch.cos(n[:, None] *
+                                   theta.double()), rtol=0, atol=1e-7)  # its own n·θ, in float64
 def test_resonance_cli_reports_critical_dims_and_closed_gaps(capsys):
     assert resonance.main(["--dim", "64", "--train-len", "64", "--test-len", "256"]) == 0
     out = capsys.readouterr().out
@@ -799,21 +809,31 @@ def test_save_llama_and_save_gguf_write_one_context_length(tmp_path):
         model.save_gguf(net, tmp_path / f"{spec}.gguf")
         hf = json.loads((tmp_path / spec / "config.json").read_text())["max_position_embeddings"]
         assert hf == model.load_llama(tmp_path / f"{spec}.gguf").config.max_position_embeddings == net.context_len == n
-def test_load_llama_refuses_a_pe_name_that_disagrees_with_its_factors(tmp_path):
+def test_load_llama_refuses_a_pe_name_that_disagrees_with_its_factors(tmp_path, monkeypatch):
     model.save_llama(_tiny_llama(PE.parse("res_yarn:4", original_len=64)), tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["rope_scaling"]["pe"] = "yarn:4"
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="'yarn:4' disagrees with its short_factor"):
         model.load_llama(tmp_path)
+    real = model.rope_scaling_of  # the same name in a GGUF, against its rope_freqs
+    monkeypatch.setattr(model, "rope_scaling_of", lambda *a: real(*a) | {"pe": "yarn:4"})
+    model.save_gguf(_tiny_llama(PE.parse("res_yarn:4", original_len=64)), tmp_path / "m.gguf")
+    with pytest.raises(ValueError, match="'yarn:4' disagrees with its short_factor"):
+        model.load_llama(tmp_path / "m.gguf")
 @pytest.mark.parametrize("dtype,tol", [("f32", 1e-4), ("f16", 0.02), ("q8_0", 0.2)])
 def test_save_gguf_reads_back_with_the_same_pe_and_logits(tmp_path, dtype, tol):
     net, x = _tiny_llama(PE.parse("res_yarn:4", original_len=64)), torch.randint(0, 300, (1, 160), generator=_gen(7))
     model.save_gguf(net, tmp_path / "m.gguf", dtype=dtype)
     back = model.load_llama(tmp_path / "m.gguf")
     theta, mscale = net.pe.inv_freq(16, 500.0, 64)
-    assert back.pe.method == "longrope" and back.pe.attention_factor == pytest.approx(mscale, rel=1e-6)
-    assert torch.allclose(back.pe.inv_freq(16, 500.0)[0], theta, rtol=1e-6)  # θ̃ in float32: still exactly periodic
+    assert back.pe == net.pe  # by name: float32 rope_freqs lose Alg. 1's exact λ̃ (the name is checked against them)
+    f = tuple((resonance.rope_inv_freq(16, 500.0) / theta).tolist())  # the same θ̃ as a plain LongRoPE: no name, so
+    model.save_gguf(_tiny_llama(PE("longrope", 4.0, short_factor=f, long_factor=f, original_len=64,  # read from
+                                   attention_factor=mscale)), tmp_path / "lr.gguf", dtype=dtype)  # the file itself
+    stock = model.load_llama(tmp_path / "lr.gguf").pe
+    assert stock.method == "longrope" and stock.attention_factor == pytest.approx(mscale, rel=1e-6)
+    assert torch.allclose(stock.inv_freq(16, 500.0)[0], theta, rtol=1e-6)
     with torch.no_grad():
         assert (back(x) - net(x)).abs().max() <= tol * (1 if dtype == "f32" else net(x).abs().max())
     model.save_gguf(_tiny_llama(), tmp_path / "rope.gguf")  # plain RoPE: no rope_freqs, the plain PE back
@@ -841,9 +861,7 @@ def test_finetune_export_writes_both_formats_of_a_model_with_a_new_pe(tiny_dir, 
     hf, gg = tmp_path / "hf", tmp_path / "m.gguf"
     argv = ["export", str(tiny_dir), "--pe", "res_yarn:2", "--hf", str(hf), "--gguf", str(gg), "--dtype", "f16"]
     assert finetune.main(argv) == 0 and "with pe res_yarn:2" in capsys.readouterr().out
-    assert model.load_llama(hf).pe == PE.parse("res_yarn:2", original_len=64)
-    assert model.load_llama(gg).pe.short_factor == pytest.approx(model.load_llama(hf).config.rope_scaling[
-        "short_factor"], rel=1e-6)
+    assert model.load_llama(hf).pe == model.load_llama(gg).pe == PE.parse("res_yarn:2", original_len=64)
     assert model.load_tokenizer(gg).encode("x = 1").ids == model.load_tokenizer(tiny_dir).encode("x = 1").ids
 def test_llama_loader_reads_sharded_safetensors_and_bin_alike(tiny_dir, tmp_path):
     from safetensors.torch import load_file, save_file
