@@ -160,7 +160,7 @@ def test_ntk_keeps_highest_and_interpolates_lowest_frequency_and_factor_one_is_r
     theta, s, ntk = resonance.rope_inv_freq(128, 1e4), 8.0, resonance.ntk_inv_freq(128, 1e4, 8.0)
     for ramp in resonance.RAMPS:  # YaRN (either ramp) with s = 1 is plain RoPE, temperature 1 included
         torch.testing.assert_close(resonance.yarn_inv_freq(128, 1e4, 64, 1.0, ramp=ramp), theta)
-    assert ntk[0] == theta[0] and resonance.yarn_mscale(1.0) == resonance.yarn_mscale(0.5) == 1.0
+    assert torch.all(torch.diff(ntk / theta) < 0) and resonance.yarn_mscale(1.0) == resonance.yarn_mscale(0.5) == 1.0
     torch.testing.assert_close(ntk[-1], theta[-1] / s, rtol=1e-12, atol=0)
     torch.testing.assert_close(resonance.dynamic_ntk_inv_freq(128, 1e4, 4096, 4096 * 8), ntk, rtol=1e-12, atol=0)
     torch.testing.assert_close(resonance.dynamic_ntk_inv_freq(128, 1e4, 4096, 100), theta)
@@ -187,6 +187,20 @@ def test_linear_and_dynamic_ntk_equal_transformers(seq_len):
         hf, _ = _hf_rope(rope_type, seq_len, hidden_size=256, num_attention_heads=4, max_position_embeddings=2048,
                          rope_theta=500000.0, rope_scaling={"rope_type": rope_type, "factor": 3.0})
         torch.testing.assert_close(PE(method, 3.0).inv_freq(64, 5e5, 2048, seq_len), (hf, 1.0), rtol=1e-6, atol=0)
+@needs_transformers
+@pytest.mark.parametrize("seq_len", [None, 4096, 4097])
+def test_llama3_and_longrope_equal_transformers(seq_len):  # LongRoPE: short factors up to L = 4096, long beyond
+    f_short, f_long = [1 + j / 64 for j in range(32)], [1 + j / 8 for j in range(32)]
+    for pe, scaling in ((PE.parse("llama3:8", original_len=4096), {"rope_type": "llama3", "factor": 8.0,
+                         "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 4096}),
+                        (PE("longrope", 4.0, original_len=4096, short_factor=tuple(f_short), long_factor=tuple(f_long)),
+                         {"rope_type": "longrope", "factor": 4.0, "original_max_position_embeddings": 4096,
+                          "short_factor": f_short, "long_factor": f_long})):
+        hf, hf_scale = _hf_rope(scaling["rope_type"], seq_len, hidden_size=256, num_attention_heads=4,
+                                max_position_embeddings=16384, rope_theta=500000.0, rope_scaling=scaling)
+        ours, mscale = pe.inv_freq(64, 5e5, 16384, seq_len)
+        torch.testing.assert_close(ours, hf, rtol=1e-6, atol=0)
+        assert mscale == pytest.approx(hf_scale, rel=1e-6)
 def test_pe_one_spelling_per_encoding_and_its_label():
     labels = {"rope": "RoPE", "res_rope": "Res. RoPE", "yarn:4": "YaRN s=4", "ntk:2": "NTK-aware s=2", "res_yarn:4":
               "Res. YaRN s=4", "dynamic_ntk": "Dynamic NTK", "linear:2.5": "PI s=2.5"}
@@ -194,9 +208,9 @@ def test_pe_one_spelling_per_encoding_and_its_label():
     assert [str(PE.parse(spec)) for spec in ("res_yarn:4.0", "dynamic_ntk:1")] == ["res_yarn:4", "dynamic_ntk"]
     assert PE.parse("res_yarn:4.0") == PE("yarn", 4.0, True) and PE.parse(PE("ntk", 2.0), original_len=9) == PE(
         "ntk", 2.0, original_len=9)
-    theta, mscale = PE.parse("res_yarn:4", original_len=64, ramp="paper").inv_freq(64, 1e4, train_len=999)
+    theta, mscale = PE.parse("res_yarn:4", original_len=64, ramp="paper").inv_freq(64, 1e4, train_len=999)  # L: 64
     torch.testing.assert_close(theta, resonance.resonance(resonance.yarn_inv_freq(64, 1e4, 64, 4.0, ramp="paper")))
-    assert mscale == resonance.yarn_mscale(4.0) and PE("ntk", 4.0).inv_freq(64, 1e4, 64)[1] == 1.0  # L: original_len
+    assert mscale == resonance.yarn_mscale(4.0) and PE("ntk", 4.0).inv_freq(64, 1e4, 64)[1] == 1.0
 def test_yarn_mscale_once_on_q_and_once_on_k():
     (theta, ms), (q, k) = PE("yarn", 4.0).inv_freq(64, 1e4, 64), torch.randn(2, 64, generator=_gen(2)).double()
     q_s, k_s = _rotate_at(q, 200, theta, mscale=ms), _rotate_at(k, 150, theta, mscale=ms)
@@ -387,7 +401,8 @@ def test_harness_authors_schedule_cycles_beta1_and_decays_every_weight():
         beta1.append(opt.param_groups[0]["betas"][0])
     assert beta1[0] == pytest.approx(0.95) and min(beta1) == pytest.approx(0.85)
     assert beta1[-1] == pytest.approx(0.95, abs=1e-3)
-    assert beta1.index(min(beta1)) == 9 and sched.get_last_lr()[0] < TINY_PRESET.lr / 1e3  # β1 low at the lr peak
+    assert beta1.index(min(beta1)) == 9 and sched.get_last_lr()[0] < TINY_PRESET.lr / 1e3  # β1 lowest at the lr
+    # peak (step 10 of 100: pct_start 0.1), the lr annealed by the end
     opt, _ = finetune.posgen_optimizer(net, TINY_PRESET, "ours", 100)
     assert [g["weight_decay"] for g in opt.param_groups] == [TINY_PRESET.weight_decay, 0.0]
     assert opt.param_groups[0]["betas"][0] == 0.9 and all(p.dim() < 2 for p in opt.param_groups[1]["params"])
@@ -616,10 +631,14 @@ def test_table1_verdict_one_sentence_per_task_from_paired_differences():
     assert evaluate.verdict("recursive", s["recursive"], d) == (
         "Recursive: Res. RoPE − RoPE = +19.5 ± 0.7 points (2 seeds: Resonance ahead); Res. YaRN − YaRN = +0.0 ± 1.4 "
         "points (2 seeds: within 2 standard errors of 0: not separated).")
-def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys):
-    out = tmp_path / "fig" / "fig1.png"
+def test_fig1_writes_png_of_feature_6_with_gap_only_for_rope(tmp_path, capsys, monkeypatch):
+    out, titles, save = tmp_path / "fig" / "fig1.png", [], evaluate._save
+    monkeypatch.setattr(evaluate, "_save", lambda fig, path: (titles.extend(a.get_title() for a in fig.axes),
+                                                               save(fig, path)))
     assert evaluate.main(["fig1", "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {out}" in capsys.readouterr().out
+    assert titles[0].startswith("RoPE: angle m·θ_6") and "λ_6 = 35.33" in titles[0] and "h = 0.000" not in titles[0]
+    assert titles[1].startswith("Resonance RoPE: angle m·θ_6") and "λ_6 = 35.00, feature gap h = 0.000" in titles[1]
     # The feature the figure shows: λ_6 ≈ 35.3 < L = 64, so Resonance closes its gap and RoPE does not.
     rope, res = PE().inv_freq(64, 10000.0, 64)[0], PE(resonance=True).inv_freq(64, 10000.0, 64)[0]
     assert 2 * math.pi / rope[6].item() == pytest.approx(35.33, abs=0.01)
@@ -1198,7 +1217,8 @@ BAD = {"dim": (7, 0, -4, 64.0), "base": (1.0, 0.5, math.inf), "factor": (0.5, ma
 PARAMS = {fn: names.split() for fn, names in {
     resonance.rope_inv_freq: "dim base", resonance.linear_inv_freq: "inv_freq factor", resonance.ntk_inv_freq:
     "dim base factor", resonance.dynamic_ntk_inv_freq: "dim base train_len seq_len factor", resonance.yarn_inv_freq:
-    "dim base train_len factor alpha beta ramp", resonance.critical_dim: "inv_freq train_len", resonance.feature_gap:
+    "dim base train_len factor alpha beta ramp", resonance.llama3_inv_freq: "dim base train_len factor",
+    resonance.critical_dim: "inv_freq train_len", resonance.feature_gap:
     "inv_freq train_len test_len", PE: "method factor original_len alpha beta ramp"}.items()}
 BAD_INPUT = [(f"{fn.__name__}-{p}={v!r}", lambda fn=fn, kw={**{q: GOOD[q] for q in ps}, p: v}: fn(**kw),
               rf"\b{p}\b") for fn, ps in PARAMS.items() for p in ps for v in BAD[p]] + [
