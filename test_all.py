@@ -1020,6 +1020,17 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 def _texts(path: Path) -> list[str]:
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+def test_llama_gradient_checkpointing_recomputes_the_same_loss_and_gradients():
+    ids, runs = torch.randint(0, 300, (2, 80), generator=_gen(3)), []
+    for checkpointing in (False, True):
+        net = _tiny_llama(PE.parse("res_yarn:2", original_len=64)).train()
+        net.gradient_checkpointing = checkpointing
+        loss = net.token_nll(ids, chunk=32).mean()  # the vocabulary chunks are checkpointed too
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in net.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = runs
+    assert torch.equal(loss_a, loss_b) and all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(
+        grads_a, grads_b, strict=True))
 def test_finetune_llama_a_few_steps_lower_the_loss(ft):
     d, log = ft[0], json.loads((ft[0] / "run" / "log.json").read_text())
     losses = [h["loss"] for h in log["history"]]
