@@ -741,7 +741,7 @@ def save_llama(model: Llama, out_dir: str | os.PathLike, tokenizer=None) -> None
     scaling = rope_scaling_of(pe, model.train_len, c.head_dim, c.rope_theta)
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
               **{k: v for k, v in dataclasses.asdict(c).items() if k != "rope_scaling"},
-              "max_position_embeddings": model.context_len, "rope_scaling": scaling,  # HF's YaRN s: max / original
+              "max_position_embeddings": model.context_len, "rope_scaling": scaling,  # HF: YaRN's s = max / original
               "torch_dtype": str(model.embed_tokens.weight.dtype).removeprefix("torch.")}
     tensors = {("" if k == "lm_head.weight" else "model.") + k: v.detach().cpu().contiguous()
                for k, v in model.state_dict().items() if not (c.tie_word_embeddings and k == "lm_head.weight")}
