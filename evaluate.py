@@ -721,8 +721,8 @@ def cmd_llama_compare(args: argparse.Namespace) -> int:
         r = log["run"]
         pe = PE.parse(r["pe"], original_len=log["original_len"], alpha=r["alpha"], beta=r["beta"])
         tokenizer = model_lib.load_tokenizer(r["model"])
-        docs = [(name, ids) for name, ids in ((n, tokenizer.encode(t).ids) for n, t in ft.read_documents(
-            [str(d / "heldout.jsonl")])) if len(ids) >= max(args.lengths)]  # truncate mode: each fills every window
+        docs = [(name, tokenizer.encode(text).ids) for name, text in ft.read_documents([str(d / "heldout.jsonl")])]
+        docs = [(name, ids) for name, ids in docs if len(ids) >= max(args.lengths)]  # truncate: each fills every window
         if not docs:
             raise ValueError(f"{d}: no held-out document has >= {max(args.lengths)} tokens (the longest --lengths)")
         row = {"dir": str(d), "pe": str(pe), "label": pe.label(), **{k: log[k] for k in (
