@@ -847,9 +847,10 @@ def test_save_gguf_reads_back_with_the_same_pe_and_logits(tmp_path, dtype, tol):
     back = model.load_llama(tmp_path / "m.gguf")
     theta, mscale = net.pe.inv_freq(16, 500.0, 64)
     assert back.pe == net.pe  # by name: float32 rope_freqs lose Alg. 1's exact λ̃ (the name is checked against them)
-    f = tuple((resonance.rope_inv_freq(16, 500.0) / theta).tolist())  # the same θ̃ as a plain LongRoPE: no name, so
-    model.save_gguf(_tiny_llama(PE("longrope", 4.0, short_factor=f, long_factor=f, original_len=64,  # read from
-                                   attention_factor=mscale)), tmp_path / "lr.gguf", dtype=dtype)  # the file itself
+    # the same θ̃ as an unnamed LongRoPE, as in a stock GGUF: read from rope_freqs and attn_factor themselves
+    f = tuple((resonance.rope_inv_freq(16, 500.0) / theta).tolist())
+    model.save_gguf(_tiny_llama(PE("longrope", 4.0, short_factor=f, long_factor=f, original_len=64,
+                                   attention_factor=mscale)), tmp_path / "lr.gguf", dtype=dtype)
     stock = model.load_llama(tmp_path / "lr.gguf").pe
     assert stock.method == "longrope" and stock.attention_factor == pytest.approx(mscale, rel=1e-6)
     assert torch.allclose(stock.inv_freq(16, 500.0)[0], theta, rtol=1e-6)
