@@ -307,6 +307,9 @@ PRESETS["semirec_long"] = dataclasses.replace(PRESETS["semirec"], name="semirec_
 PRESETS["long"] = dataclasses.replace(PRESETS["quick"], name="long", epochs=8)
 # quick trained three times as long (12 epochs): CoT's budget search (table1's default task) and the ablation's size.
 PRESETS["cot"] = dataclasses.replace(PRESETS["quick"], name="cot", epochs=12, tasks=("cot",))
+# The training-budget axis (evaluate.py budget): quick's model, data and optimiser trained 24 and 48 epochs.
+PRESETS["quick24"] = dataclasses.replace(PRESETS["quick"], name="quick24", epochs=24)
+PRESETS["quick48"] = dataclasses.replace(PRESETS["quick"], name="quick48", epochs=48)
 # The paper's preset with bf16 autocast instead of TF32 matmuls (a named setting: its numbers may differ).
 PRESETS["paper_bf16"] = dataclasses.replace(PRESETS["paper"], name="paper_bf16", precision="bf16")
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
