@@ -6,10 +6,11 @@
     python evaluate.py fig1                    # Figure 1: m·θ_6 of RoPE vs. Resonance RoPE
     python evaluate.py perplexity              # SmolLM2 perplexity vs context length, 7 PEs (no fine-tuning)
     python evaluate.py passkey --lengths 2048 8192 16384 --trials 2
-    python evaluate.py llama-compare runs/llama/yarn-s2 runs/llama/res_yarn-s2   # before/after fine-tuning
+    python evaluate.py fig4                    # Fig. 4 after fine-tuning: yarn:4 vs res_yarn:4 (a GPU budget)
     python evaluate.py speed                   # every performance target, as a ratio to a same-run baseline
 
-Every subcommand is a function ``cmd_<name>(args)``; user mistakes become one line on stderr and exit 2.
+Every subcommand is a function ``cmd_<name>(args)``; user mistakes become one line on stderr and exit 2. Every
+default output goes under runs/ (git-ignored); the committed results/ are written only with --out results/....
 """
 
 from __future__ import annotations
@@ -282,40 +283,112 @@ def paired_differences(summary: dict) -> dict:
     return out
 
 
-def verdict(task: str, cells: dict, diffs: dict) -> str:
-    """One plain sentence on what a task's rows show."""
-    unlearned = [TABLE1_PES[pe] for pe, c in cells.items() if not c["comparable"]]
-    if unlearned:
-        return f"{TABLE1_TASKS[task]}: not learned (ID < 95 %) by {', '.join(unlearned)}: no comparison."
-    parts = []
-    for key, d in diffs.items():
-        n, se = len(d["diff"]), d["std"] / len(d["diff"]) ** 0.5
-        claim = ("1 seed: not a claim" if n == 1 else "within 2 standard errors of 0: not separated"
-                 if abs(d["mean"]) <= 2 * se else "Resonance ahead" if d["mean"] > 0 else "Resonance behind")
-        res, base = key.split("-")
-        parts.append(f"{TABLE1_PES[res]} − {TABLE1_PES[base]} = {d['mean']:+.1f} ± {d['std']:.1f} points ({n} "
-                     f"seed{'s' if n > 1 else ''}: {claim})")
-    return f"{TABLE1_TASKS[task]}: " + ("; ".join(parts) or "no Resonance row beside its base row") + "."
+def n_params(preset_config: dict, harness: dict) -> int:
+    """Parameters of a preset's PosGen model (frozen ones included)."""
+    net = ft.posgen_model({"preset": preset_config, "harness": harness, "pe": "rope"})[0]
+    return sum(p.numel() for p in net.parameters())
 
 
-def format_table1(summary: dict, title: str) -> str:
-    """Table 1 as a Markdown table: per task, our OOD accuracy (mean ± std over seeds, or "n/c" where the model
-    did not learn the rule, ID < 95 %), our ID accuracy, and the paper's OOD mean (variance); then a sentence
-    per task on the paired Res. − base differences."""
-    tasks, diffs = [t for t in TABLE1_TASKS if t in summary], paired_differences(summary)
-    lines = [title, "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper (var)" for t in tasks) + " |",
+def paper_size(preset_config: dict) -> bool:
+    return preset_config["d_model"] == 512 and preset_config["epochs"] == 150
+
+
+def table1_header(data: dict) -> list[str]:
+    """What was run (model size, budget, seeds, harness), and how the paper's column compares to it."""
+    c, h, seeds = data["preset_config"], data["harness"], data["seeds"]
+    ours, paper = n_params(c, h), n_params(dataclasses.asdict(ft.PRESETS["paper"]), h)
+    harness = {"code": "the authors' released code", "paper": "App. C.1 as written"}[h["protocol"]]
+    changed = ", ".join(f"{k}={v}" for k, v in h.items() if v != dataclasses.asdict(ft.HARNESSES[h["protocol"]])[k])
+    return [f"Table 1, preset {data['preset']}: d_model {c['d_model']} ({c['n_head']} heads × 64, d_ff {c['d_ff']}, "
+            f"{c['n_layer']} layers, {ours / 1e6:.1f}M parameters), {c['epochs']} epochs of {c['n_train']:,} "
+            f"sequences, {len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}); harness: "
+            f"{harness}" + (f" with {changed}" if changed else "") + ".",
+            "The paper's column: App. C.1's model and budget, 5 seeds." if paper_size(c) else
+            f"The paper's column comes from App. C.1's model (d_model 512, {paper / 1e6:.1f}M parameters, "
+            f"{paper / ours:.1f}× these) trained 150 epochs, not {c['epochs']}: its levels are not comparable to ours, "
+            "only the orderings."]
+
+
+def _cell(c: dict | None) -> str:
+    if c is None:
+        return "not run"
+    return (f"{c['ood_mean']:.2f}" + (f" ± {c['ood_std']:.2f}" if c["n"] > 1 else "") + f" ({c['id_mean']:.2f})"
+            + ("" if c["comparable"] else " †"))
+
+
+def format_table1(summary: dict) -> str:
+    """Table 1 as a Markdown table: per task, our OOD accuracy (mean, ± std over seeds when there are several;
+    † where the rule was not fully learned, ID < 95 %) with our ID accuracy, and the paper's OOD mean (variance)."""
+    tasks = [t for t in TABLE1_TASKS if t in summary]
+    lines = ["OOD accuracy (%) at positions L … L'-1 (ID accuracy at j+k … L-1 in brackets)",
+             "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper (var)" for t in tasks) + " |",
              "|---" * (1 + 2 * len(tasks)) + "|"]
     for pe, name in TABLE1_PES.items():
-        cells = []
-        for t in tasks:
-            c = summary[t].get(pe)
-            ours = "not run" if c is None else f"{c['ood_mean']:.2f} ± {c['ood_std']:.2f}" if c["comparable"] else "n/c"
-            paper_mean, paper_var = PAPER_TABLE1[t][pe]
-            cells += [ours + ("" if c is None else f" ({c['id_mean']:.2f})"), f"{paper_mean:.2f} ({paper_var:.2f})"]
+        cells = [x for t in tasks for x in (_cell(summary[t].get(pe)), "{:.2f} ({:.2f})".format(*PAPER_TABLE1[t][pe]))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, f"n/c = not comparable: ID accuracy < {100 * ft.LEARNED_ID_ACC:.0f}%, the rule was not "
-                              "learned, so no ordering is claimed from that cell.",
-                       *(verdict(t, summary[t], diffs.get(t, {})) for t in tasks)])
+    if any(not c["comparable"] for cells in summary.values() for c in cells.values()):
+        lines.append(f"† ID < {100 * ft.LEARNED_ID_ACC:.0f} %: the rule was not fully learned, so that OOD number does "
+                     "not measure the PE.")
+    return "\n".join(lines)
+
+
+def paired_lines(summary: dict, paired: dict) -> list[str]:
+    """Each Res. − base OOD difference, per seed (mean ± std for 2+ seeds), beside both rows' ID accuracy and
+    the paper's difference; a pair with a row below 95 % ID says so in the same line."""
+    lines = ["Paired differences Res. − base, OOD points (same seed, same data):"]
+    for task, pairs in ((t, paired[t]) for t in TABLE1_TASKS if t in paired):
+        for key, d in pairs.items():
+            res, base = key.split("-")
+            a, b = summary[task][res], summary[task][base]
+            per_seed = ", ".join(f"seed {s}: {x:+.2f}" for s, x in zip(d["seeds"], d["diff"], strict=True))
+            value = (f"{d['mean']:+.2f} ± {d['std']:.2f} over {len(d['diff'])} seeds ({per_seed})"
+                     if len(d["diff"]) > 1 else f"{d['mean']:+.2f} (seed {d['seeds'][0]})")
+            paper = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]
+            unlearned = [TABLE1_PES[p] for p, c in ((res, a), (base, b)) if not c["comparable"]]
+            lines.append(f"  {TABLE1_TASKS[task]}, {TABLE1_PES[res]} − {TABLE1_PES[base]}: {value}; ID "
+                         f"{a['id_mean']:.2f} vs {b['id_mean']:.2f}; paper {paper:+.2f}" + (
+                             f"; {' and '.join(unlearned)} below 95 % ID: the rule was not fully learned" if
+                             unlearned else ""))
+    return lines
+
+
+def closing_sentences(summary: dict, paired: dict, n_seeds: int, at_paper_size: bool) -> list[str]:
+    """What the run shows (the signs of the paired differences, YaRN vs RoPE), what it does not, and where
+    the rest is."""
+    pairs = [(f"{TABLE1_TASKS[t]} {TABLE1_PES[k.split('-')[0]]} − {TABLE1_PES[k.split('-')[1]]}", d)
+             for t in TABLE1_TASKS for k, d in paired.get(t, {}).items()]
+    ahead, behind = ([n for n, d in pairs if (d["mean"] > 0) == sign] for sign in (True, False))
+    yarn = [f"{summary[t]['yarn']['ood_mean'] - summary[t]['rope']['ood_mean']:+.1f} ({TABLE1_TASKS[t]})"
+            for t in TABLE1_TASKS if {"rope", "yarn"} <= summary.get(t, {}).keys()]
+    def named(names: list[str]) -> str:
+        return f" ({', '.join(names)})" if names else ""
+    out = [f"This run: Resonance is ahead of its base row in {len(ahead)} of {len(pairs)} pairs{named(ahead)} and "
+           f"behind in {len(behind)}{named(behind)}" + (f"; YaRN − RoPE is {', '.join(yarn)} OOD points." if yarn
+                                                       else ".")]
+    if n_seeds == 1:
+        out.append("One seed cannot tell a difference from seed-to-seed noise" + (
+            "." if at_paper_size else ", and the model is smaller and shorter-trained than the paper's: neither the "
+            "sizes nor the signs are a verdict on the paper."))
+    else:
+        sep = [n for n, d in pairs if abs(d["mean"]) > 2 * d["std"] / len(d["diff"]) ** 0.5]
+        out.append((f"More than 2 standard errors (std/√n) from 0: {', '.join(sep)}; the others are within seed noise."
+                    if sep else "No difference is more than 2 standard errors (std/√n) from 0: all are within seed "
+                    "noise.") + ("" if at_paper_size else " The levels are not the paper's (smaller model, shorter "
+                                                     "training)."))
+    unlearned = [f"{TABLE1_TASKS[t]} {TABLE1_PES[p]}" for t, cells in summary.items() for p, c in cells.items()
+                 if not c["comparable"]]
+    if unlearned:
+        out.append(f"Below 95 % ID, the rule not fully learned: {', '.join(unlearned)}.")
+    out.append("Three seeds at this size and longer budgets, the harness ablation and the paper-size GPU run: "
+               "results/table1_*.json, explained in results/README.md.")
+    return out
+
+
+def table1_report(data: dict) -> str:
+    """The main job's closing lines, from its results JSON: header, table, paired differences, closing sentences."""
+    summary, paired = data["table"], data["paired"]
+    return "\n".join([*table1_header(data), format_table1(summary), *paired_lines(summary, paired),
+                      *closing_sentences(summary, paired, len(data["seeds"]), paper_size(data["preset_config"]))])
 
 
 def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
@@ -334,6 +407,7 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
         ax.set_title(TABLE1_TASKS[task] + (f" (ID < 95%: {', '.join(unlearned)})" if unlearned else ""), fontsize=9)
         losses = [y for line in ax.get_lines() for y in line.get_ydata()]
         ax.set(xlabel="epoch", yscale="log" if max(losses) > 10 * min(losses) else "linear")  # log past a decade
+        ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation loss (L' = 256)")
     axes[0][-1].legend(fontsize=8)
@@ -379,12 +453,16 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
     process (spawned, with a 1/N share of the threads) and run directory. ``on_unit(rows so far)`` after each run."""
     units = training_units(tasks, pes, seeds, harness.protocol)
     i, n = getattr(args, "shard", None) or (0, 1)
-    units, jobs, rows, t0 = units[i::n], getattr(args, "jobs", 1), {}, time.perf_counter()
+    units, jobs, rows, done, t0 = units[i::n], getattr(args, "jobs", 1), {}, 0, time.perf_counter()
 
     def finished(unit_rows: list[dict]) -> None:
+        nonlocal done
+        done += 1
         rows.update({(r["task"], r["pe"], r["seed"]): r for r in unit_rows})
-        ft.progress(f"[{len(rows)}/{sum(map(len, units))} cells] {harness.name}", len(rows), sum(map(len, units)),
-                    time.perf_counter() - t0)
+        # units finish in waves of `jobs` at once: the ETA counts waves, so two runs ending together don't move it
+        what = f"{done}/{len(units)} training runs done, {jobs} at a time"
+        ft.progress(what + ("" if harness.name == "code" else f" (harness {harness.name})"), math.ceil(done / jobs),
+                    math.ceil(len(units) / jobs), time.perf_counter() - t0)
         if on_unit:
             on_unit(list(rows.values()))
 
@@ -413,30 +491,29 @@ def cmd_table1(args: argparse.Namespace) -> int:
     tag = harness.name + ("" if own_select else f"+select={harness.select}")
     suffix = ("" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")) + (
         f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard else "")
-    out = Path(args.out or f"results/table1_{preset.name}{suffix}.json")
+    out = Path(args.out or f"runs/table1_{preset.name}{suffix}.json")
     t0, steps = time.perf_counter(), preset.epochs * math.ceil(preset.n_train / preset.batch_size)
 
-    def write(runs: list[dict]) -> None:
+    def results(runs: list[dict]) -> dict:
         summary, train_s = table1_summary(runs), sum(r["train_s"] for r in runs)
-        model_lib.write_json(out, {
+        return {
             "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "shard": args.shard,
             "wall_s": time.perf_counter() - t0, "device": device_name(args.device), "threads": torch.get_num_threads(),
             "precision": preset.precision if torch.device(args.device).type == "cuda" else "fp32", "jobs": args.jobs,
             "steps_per_s": steps * sum(r["trained_as"] == r["pe"] for r in runs) / train_s if train_s else None,
             "preset_config": dataclasses.asdict(preset), "table": summary, "paired": paired_differences(summary),
             "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v) in row.items()}
-                             for t, row in PAPER_TABLE1.items()}, "runs": runs})
+                             for t, row in PAPER_TABLE1.items()}, "runs": runs}
 
     runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or preset.tasks)],
-                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args, write)
-    write(runs)
-    wall, summary = time.perf_counter() - t0, table1_summary(runs)
-    print(format_table1(summary, f"Table 1, preset {preset.name}, harness {harness.name} (select {harness.select}), "
-                                 f"{len(seeds)} seed(s): OOD accuracy (%) at positions L..L'-1 (ID accuracy), mean ± "
-                                 "std over seeds"))
-    print(f"wall time: {wall:.0f} s this call; {sum(r['train_s'] for r in runs):.0f} s of training in "
-          f"{sum(r['trained_as'] == r['pe'] for r in runs)} runs (timed when first run), "
-          f"{torch.get_num_threads()} threads, {args.jobs} job(s)")
+                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args,
+                     lambda runs: model_lib.write_json(out, results(runs)))
+    model_lib.write_json(out, data := results(runs))
+    print(table1_report(data))
+    n_runs = sum(r["trained_as"] == r["pe"] for r in runs)
+    print(f"This call took {ft.fmt_s(time.perf_counter() - t0)}; training the {n_runs} runs took "
+          f"{ft.fmt_s(sum(r['train_s'] for r in runs))} in all (a run reused from an earlier call counts the "
+          f"time it took then); {torch.get_num_threads()} threads, {args.jobs} run(s) at a time.")
     fig_path = out.with_name(out.stem + "_fig3.png")
     plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, harness {harness.name}, "
                               f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
@@ -458,7 +535,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     requested variant lacks: a stopped run loses only the variant it was in. "seeds": those complete in every
     variant and task held."""
     preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
-    out = Path(args.out or "results/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
+    out = Path(args.out or "runs/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
     old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
     if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
@@ -709,44 +786,6 @@ def cmd_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_llama_compare(args: argparse.Namespace) -> int:
-    """Perplexity on each fine-tuning run's held-out text before and after fine-tuning (Sec. 6.2.2), truncate
-    mode: the base model with the run's PE swapped in, then the fine-tuned directory. L is passed explicitly,
-    since a fine-tuned directory's max_position_embeddings is L' = s·L."""
-    runs, curves = [], {}
-    for d in map(Path, args.runs):
-        log = model_lib.read_json(d / "log.json", "a finetune.py llama run directory")
-        if not log.get("done"):
-            raise ValueError(f"{d} has not finished training ({len(log['history'])} of {log['steps']} steps)")
-        r = log["run"]
-        pe = PE.parse(r["pe"], original_len=log["original_len"], alpha=r["alpha"], beta=r["beta"])
-        tokenizer = model_lib.load_tokenizer(r["model"])
-        docs = [(name, tokenizer.encode(text).ids) for name, text in ft.read_documents([str(d / "heldout.jsonl")])]
-        docs = [(name, ids) for name, ids in docs if len(ids) >= max(args.lengths)]  # truncate: each fills every window
-        if not docs:
-            raise ValueError(f"{d}: no held-out document has >= {max(args.lengths)} tokens (the longest --lengths)")
-        row = {"dir": str(d), "pe": str(pe), "label": pe.label(), **{k: log[k] for k in (
-            "seq_len", "target_len", "original_len", "steps")}, "lr": r["lr"], "seed": r["seed"],
-            "train_tokens": log["steps"] * r["batch_size"] * log["seq_len"], "loss_first": log["history"][0]["loss"],
-            "loss_last": log["history"][-1]["loss"], "train_s": log["history"][-1]["elapsed_s"],
-            "documents": [n for n, _ in docs]}
-        for when, source in (("before", r["model"]), ("after", d / "model")):
-            llama = model_lib.load_llama(source, pe).to(args.device)
-            report = perplexity(llama, docs, {str(pe): pe}, sorted(args.lengths), None, args.device)
-            row[when] = {int(n): p for n, p in report["results"][str(pe)]["perplexity"].items()}
-            model_lib.write_json(d / f"perplexity_{when}.json", report)
-            tag = "no FT" if when == "before" else f"FT@{log['seq_len']}"
-            curves[f"{row['label']}, {tag}"] = (row[when], when == "before", len(runs))
-        runs.append(row)
-        print(f"{row['label']:<22} " + "  ".join(f"{n}: {row['before'][n]:.3f} → {row['after'][n]:.3f}"
-                                                 for n in sorted(row["after"])), flush=True)
-    model_lib.write_json(args.out, {"lengths": sorted(args.lengths), "mode": "truncate", "runs": runs})
-    if args.png:
-        plot_lengths(curves, runs[0]["original_len"], "perplexity (held-out text)", "fine-tuning: dashed before, "
-                     "solid after", args.png)
-    return 0
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Figure 4 after fine-tuning (Sec. 6.2, App. C.2): evaluate.py fig4, resumable stage by stage.
 
@@ -896,17 +935,20 @@ def cmd_fig4(args: argparse.Namespace) -> int:
 
 
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:
-    p.add_argument("--model", default="smollm2", help="HF checkpoint directory, .gguf file or 'smollm2' (default)")
+    p.add_argument("--model", default="smollm2", help="HF checkpoint directory, .gguf file or "
+                   "'smollm2' (default %(default)s)")
     p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=ft.pe_spelling,
-                   help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default: {' '.join(pes)})")
+                   help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default %(default)s)")
     p.add_argument("--original-length", type=ft.number(int, 1),
                    help="L, the trained context the scalings start from (default: the model's, 8192 for SmolLM2)")
     p.add_argument("--alpha", type=ft.number(float, 0), help="YaRN α = HF beta_slow (default 1)")
     p.add_argument("--beta", type=ft.number(float, 0), help="YaRN β = HF beta_fast (default 32; Llama 3's: 4)")
-    p.add_argument("--ramp", default="index", choices=resonance.RAMPS, help="YaRN ramp (default index, as HF)")
-    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=lengths, help="context lengths")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--device", default=ft.default_device(), type=ft.device)
+    p.add_argument("--ramp", default="index", choices=resonance.RAMPS, help="YaRN ramp (default %(default)s, as HF)")
+    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=lengths, help="context lengths "
+                   "(default %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights (default %(default)s)")
+    p.add_argument("--device", default=ft.default_device(), type=ft.device,
+                   help="cpu, cuda or cuda:N (default %(default)s)")
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -933,36 +975,44 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("posgen", help="test one trained PosGen run: ID, OOD and per-position accuracy")
     p.add_argument("--checkpoint", help="a run directory or its ckpt.pt (else give --task and --pe)")
-    p.add_argument("--task", choices=posgen.TASKS)
+    p.add_argument("--task", choices=posgen.TASKS, help="without --checkpoint: the run's rule")
     p.add_argument("--pe", choices=ft.PE_NAMES, help="with --checkpoint: the row whose table to use (default: its own)")
-    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=5549)
+    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=5549, help="the run's seed (default "
+                   "%(default)s)")
     ft.add_posgen_args(p)
     p.add_argument("--json", type=ft.path_for("file"), help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_posgen)
 
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
     p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", help="override the preset's seeds")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, help="default: the preset's")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, help="the PosGen rules (default: the preset's)")
     p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, help="a subset (default all)")
     ft.add_posgen_args(p)
-    p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default results/table1_<preset>.json)")
+    p.add_argument("--out", type=ft.path_for("file"), help="JSON path; the figure goes beside it "
+                   "(default runs/table1_<preset>[_<harness>].json)")
     p.add_argument("--shard", type=shard, help="I/N: train only the I-th (0 … N-1) of N disjoint shares of the runs")
-    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes)")
+    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
+                   "default %(default)s)")
     p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
-    p.add_argument("--preset", default="quick", choices=ft.PRESETS, help="default quick")
-    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42])
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"])
+    p.add_argument("--preset", default="quick", choices=ft.PRESETS, help="model size and budget (default %(default)s)")
+    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
+                   help="training seeds (default %(default)s)")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"],
+                   help="the PosGen rules (default %(default)s)")
     p.add_argument("--variants", nargs="+", choices=ABLATION, help="a subset (default all)")
-    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories")
-    p.add_argument("--device", default=ft.default_device(), type=ft.device)
-    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes)")
-    p.add_argument("--out", type=ft.path_for("file"), help="default results/table1_ablation[_<preset>].json")
+    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories "
+                   "(default %(default)s)")
+    p.add_argument("--device", default=ft.default_device(), type=ft.device,
+                   help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
+                   "default %(default)s)")
+    p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
-    p.add_argument("--out", default="results/fig1.png", type=ft.path_for("file"))
+    p.add_argument("--out", default="runs/fig1.png", type=ft.path_for("file"), help="PNG path (default %(default)s)")
     p.set_defaults(func=cmd_fig1)
 
 
@@ -971,52 +1021,63 @@ def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
     _add_llama_args(p, LLAMA_DEFAULT_PES, [2048, 4096, 8192, 16384])
     p.add_argument("--text", nargs="+", metavar="FILE", help=".txt or .jsonl (a 'text' field) documents, e.g. "
                    "PG19 or Proof-pile exports (default: the largest standard-library modules)")
-    p.add_argument("--stdlib-modules", type=ft.number(int, 1), default=3, help="without --text: how many (default 3)")
+    p.add_argument("--stdlib-modules", type=ft.number(int, 1), default=3, help="without --text: how many "
+                   "(default %(default)s)")
     p.add_argument("--samples", type=ft.number(int, 1), help="use at most this many documents")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--truncate", action="store_true", help="score each document's first N tokens (CPU default)")
     mode.add_argument("--stride", type=ft.number(int, 1), help="YaRN's sliding window (GPU default: stride 256)")
-    p.add_argument("--out", default="results/perplexity_smollm2.json", type=ft.path_for("file"))
-    p.add_argument("--png", default="results/perplexity_smollm2.png", type=ft.path_for("file"), help="'' for none")
+    p.add_argument("--out", default="runs/perplexity_smollm2.json", type=ft.path_for("file"),
+                   help="JSON path (default %(default)s)")
+    p.add_argument("--png", default="runs/perplexity_smollm2.png", type=ft.path_for("file"),
+                   help="figure path, '' for none (default %(default)s)")
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("passkey", help="YaRN-style passkey retrieval: accuracy per length and needle depth")
     _add_llama_args(p, PASSKEY_DEFAULT_PES, [2048, 4096, 8192, 16384])
-    p.add_argument("--depths", nargs="+", type=ft.number(float, 0, 1), default=[0.1, 0.5, 0.9], help="in [0, 1]")
-    p.add_argument("--trials", type=ft.number(int, 1), default=2, help="trials per (length, depth) (default 2)")
-    p.add_argument("--new-tokens", type=ft.number(int, 1), default=10, help="greedy tokens (default 10, as YaRN)")
-    p.add_argument("--seed", type=ft.number(int, 0), default=0)
-    p.add_argument("--out", default="results/passkey_smollm2.json", type=ft.path_for("file"))
+    p.add_argument("--depths", nargs="+", type=ft.number(float, 0, 1), default=[0.1, 0.5, 0.9],
+                   help="needle depths in [0, 1] (default %(default)s)")
+    p.add_argument("--trials", type=ft.number(int, 1), default=2,
+                   help="trials per (length, depth) (default %(default)s)")
+    p.add_argument("--new-tokens", type=ft.number(int, 1), default=10,
+                   help="greedy tokens (default %(default)s, as YaRN)")
+    p.add_argument("--seed", type=ft.number(int, 0), default=0, help="seed of the keys (default %(default)s)")
+    p.add_argument("--out", default="runs/passkey_smollm2.json", type=ft.path_for("file"),
+                   help="JSON path (default %(default)s)")
     p.set_defaults(func=cmd_passkey)
 
     p = sub.add_parser("fig4", help="Fig. 4 after fine-tuning: fine-tune each PE on the same data, then perplexity "
                                      "and passkey before/after with bootstrap intervals (resumable)")
-    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or 'smollm2' (default; trained at 8K)")
-    p.add_argument("--pes", nargs="+", type=ft.pe_spelling, default=["yarn:4", "res_yarn:4"], help="default yarn:4 "
-                   "res_yarn:4 (s = 4: 8K → 32K)")
-    p.add_argument("--tokens", type=ft.number(int, 1), default=20_000_000, help="fine-tuning tokens per PE")
-    p.add_argument("--seq-len", type=ft.number(int, 2), default=8192, help="packed training length (default 8192)")
-    p.add_argument("--batch-size", type=ft.number(int, 1), default=8, help="sequences per step (default 8)")
-    p.add_argument("--micro-batch", type=ft.number(int, 1), default=1)
-    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 32768])
-    p.add_argument("--passkey-lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 24576, 32768])
-    p.add_argument("--trials", type=ft.number(int, 1), default=10, help="passkey trials per length (default 10)")
-    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out sources (default 20)")
-    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=0)
-    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"))
-    p.add_argument("--device", default=ft.default_device(), type=ft.device)
-    p.add_argument("--out", default="results/finetune_fig4.json", type=ft.path_for("file"))
-    p.add_argument("--png", default="results/finetune_fig4.png", type=ft.path_for("file"), help="'' for none")
+    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or "
+                   "'smollm2' (trained at 8K; default %(default)s)")
+    p.add_argument("--pes", nargs="+", type=ft.pe_spelling, default=["yarn:4", "res_yarn:4"],
+                   help="the PEs to fine-tune "
+                   "(default %(default)s: s = 4, 8K → 32K)")
+    p.add_argument("--tokens", type=ft.number(int, 1), default=20_000_000,
+                   help="fine-tuning tokens per PE (default %(default)s)")
+    p.add_argument("--seq-len", type=ft.number(int, 2), default=8192,
+                   help="packed training length (default %(default)s)")
+    p.add_argument("--batch-size", type=ft.number(int, 1), default=8, help="sequences per step (default %(default)s)")
+    p.add_argument("--micro-batch", type=ft.number(int, 1), default=1, help="sequences per forward; the rest of "
+                   "a step is gradient accumulation (default %(default)s)")
+    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 32768],
+                   help="perplexity lengths (default %(default)s)")
+    p.add_argument("--passkey-lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 24576, 32768],
+                   help="passkey prompt lengths (default %(default)s)")
+    p.add_argument("--trials", type=ft.number(int, 1), default=10,
+                   help="passkey trials per length (default %(default)s)")
+    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out sources (default %(default)s)")
+    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=0, help="data order and init seed "
+                   "(default %(default)s)")
+    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the fine-tuning runs "
+                   "(default %(default)s)")
+    p.add_argument("--device", default=ft.default_device(), type=ft.device,
+                   help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--out", default="runs/finetune_fig4.json", type=ft.path_for("file"),
+                   help="JSON path (default %(default)s)")
+    p.add_argument("--png", default="runs/finetune_fig4.png", type=ft.path_for("file"),
+                   help="figure path, '' for none (default %(default)s)")
     p.set_defaults(func=cmd_fig4)
-
-    p = sub.add_parser("llama-compare", help="perplexity of finished finetune.py llama runs on their held-out "
-                                             "text, before and after fine-tuning (Sec. 6.2.2)")
-    p.add_argument("runs", nargs="+", help="run directories of finetune.py llama")
-    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[2048, 4096, 8192, 16384])
-    p.add_argument("--out", default="results/finetune_smollm2.json", type=ft.path_for("file"))
-    p.add_argument("--png", default="results/finetune_smollm2.png", type=ft.path_for("file"), help="'' for none")
-    p.add_argument("--device", default=ft.default_device(), type=ft.device)
-    p.set_defaults(func=cmd_llama_compare)
 
 
 def main(argv: list[str] | None = None) -> int:

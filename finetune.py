@@ -33,17 +33,10 @@ from torch.distributed.checkpoint import state_dict as dcp
 import model as model_lib
 import posgen
 from model import atomic_write, read_json, write_json
-from resonance import PE
+from resonance import PE, Parser
 
 # ----------------------------------------------------------------------------------------------------------
 # Command lines, files, progress: argparse types check a value as it is parsed, before anything is loaded.
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], int | float]:
@@ -222,6 +215,11 @@ def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: i
     return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
 
 
+HARNESS_HELP = {"freeze_ffn": "keep the FFN and its norm at their initialisation", "tie_head": "LM head = the "
+                "embedding (T5)", "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
+                "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's", "schedule":
+                "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9", "select":
+                "the reported epoch: the first with the best validation ID accuracy, or the last"}
 HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
                    "schedule": ("authors", "ours"), "select": SELECT_RULES}
 
@@ -586,14 +584,16 @@ def cmd_posgen(args: argparse.Namespace) -> int:
 def add_posgen_args(p: argparse.ArgumentParser) -> None:
     """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
     a protocol, then any harness field switched on its own."""
-    p.add_argument("--preset", default="quick", choices=PRESETS, help="default quick")
-    p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from (default code)")
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
+    p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
+                   "(default %(default)s)")
     for f in dataclasses.fields(Harness)[1:]:
         p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
                        != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
-                       help=f"default: the protocol's ({f.default} for code)")
-    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories")
-    p.add_argument("--device", default=default_device(), type=device)
+                       help=f"{HARNESS_HELP[f.name]} (default: the protocol's; {f.default} for code)")
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
+                   "(default %(default)s)")
+    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
 
 
 def harness_from_args(args: argparse.Namespace) -> Harness:
@@ -858,13 +858,24 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_HELP = {"model": "HF directory, .gguf file or smollm2", "pe": "[res_]METHOD[:FACTOR]", "original_len": "L; "
+            "None: the checkpoint's", "alpha": "YaRN α; None: the method's", "beta": "YaRN β; None: the method's",
+            "seq_len": "training length; None: the target s·L", "train_tokens": "token budget", "batch_size":
+            "sequences per optimiser step", "micro_batch": "sequences per forward (the rest: accumulation)", "lr":
+            "AdamW learning rate", "weight_decay": "AdamW weight decay", "warmup": "share of the steps warming up",
+            "text": ".txt or .jsonl documents; None: Python's stdlib", "heldout_docs": "documents kept out of "
+            "training", "heldout_min_tokens": "a held-out document's least tokens; None: L'", "seed": "data order and "
+            "init seed", "grad_checkpointing": "turn gradient checkpointing off (default: on; off is faster, "
+            "takes more memory)"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="finetune.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("posgen", help="train one PosGen run (Sec. 6.1) and test it")
-    p.add_argument("--task", required=True, choices=posgen.TASKS)
-    p.add_argument("--pe", required=True, choices=PE_NAMES)
-    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=5549)
+    p.add_argument("--task", required=True, choices=posgen.TASKS, help="the PosGen rule")
+    p.add_argument("--pe", required=True, choices=PE_NAMES, help="the Table 1 row")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=5549, help="the run's seed (default %(default)s)")
     add_posgen_args(p)
     p.set_defaults(func=cmd_posgen)
     p = sub.add_parser("llama", help="fine-tune a LLaMA with a scaled PE (Sec. 6.2.1, App. C.2); resumable; "
@@ -876,21 +887,23 @@ def build_parser() -> argparse.ArgumentParser:
              "heldout_min_tokens": count, "seed": number(int, 0, 2**32 - 1)}
     for f in dataclasses.fields(LlamaRun):
         if f.name == "grad_checkpointing":
-            p.add_argument("--no-grad-checkpointing", dest=f.name, action="store_false")
+            p.add_argument("--no-grad-checkpointing", dest=f.name, action="store_false", help=RUN_HELP[f.name])
         else:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=types.get(f.name), default=f.default,
-                           help=f"default {f.default}")
+                           help=RUN_HELP[f.name] + " (default %(default)s)")
     p.add_argument("--fsdp", action="store_true", help="shard the model with FSDP2 (torchrun on GPUs)")
-    p.add_argument("--save-every", type=count, default=20, help="checkpoint every this many steps (default 20)")
+    p.add_argument("--save-every", type=count, default=20, help="checkpoint every this many steps "
+                   "(default %(default)s)")
     p.add_argument("--out", type=path_for("dir"), help="run directory (default runs/llama/<pe>)")
-    p.add_argument("--device", type=device, help="default: cuda:LOCAL_RANK when available, else cpu")
+    p.add_argument("--device", type=device, help="cpu, cuda or cuda:N (default: "
+                   "cuda:LOCAL_RANK when available, else cpu)")
     p.set_defaults(func=cmd_llama)
     p = sub.add_parser("export", help="write a run's model (or any model) for stock transformers and llama.cpp")
     p.add_argument("source", help="a run directory of 'finetune.py llama', an HF directory, a .gguf file or smollm2")
     p.add_argument("--pe", type=pe_spelling, help="run it with this PE instead of its own")
     p.add_argument("--hf", type=path_for("dir"), help="write an HF directory here")
     p.add_argument("--gguf", type=path_for("file"), help="write a GGUF file here")
-    p.add_argument("--dtype", choices=model_lib.GGUF_DTYPES, default="f32", help="GGUF matrices (default f32)")
+    p.add_argument("--dtype", choices=model_lib.GGUF_DTYPES, default="f32", help="GGUF matrices (default %(default)s)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -200,14 +200,15 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="posgen.py", description="Print PosGen sequences and one token's dependencies "
                                               "(a text version of the paper's Figure 2).")
-    p.add_argument("--task", choices=TASKS, default="recursive")
-    p.add_argument("--show", type=int, default=3, help="number of sequences to print")
-    p.add_argument("--length", type=int, default=16, help="tokens per sequence")
+    p.add_argument("--task", choices=TASKS, default="recursive", help="the rule (default %(default)s)")
+    p.add_argument("--show", type=int, default=3, help="number of sequences to print (default %(default)s)")
+    p.add_argument("--length", type=int, default=16, help="tokens per sequence (default %(default)s)")
     p.add_argument("--position", type=int, help="the l whose dependencies are marked (default: last)")
-    p.add_argument("-j", "--j", type=int, default=1, help="far tokens")
-    p.add_argument("-k", "--k", type=int, default=3, help="local tokens")
-    p.add_argument("--modulus", type=int, default=17, help="h = sum mod modulus; vocabulary 0 … modulus-1")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-j", "--j", type=int, default=1, help="far tokens (default %(default)s)")
+    p.add_argument("-k", "--k", type=int, default=3, help="local tokens (default %(default)s)")
+    p.add_argument("--modulus", type=int, default=17, help="h = sum mod modulus; vocabulary 0 … modulus-1 "
+                   "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prefixes (default %(default)s)")
     return p
 
 

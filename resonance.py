@@ -389,25 +389,25 @@ def feature_gap(inv_freq: torch.Tensor, train_len: int, test_len: int) -> torch.
 # Command line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2 (every script's)."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = _Parser(prog="resonance.py", description="Per-feature wavelengths, critical dimension and feature gap "
+    p = Parser(prog="resonance.py", description="Per-feature wavelengths, critical dimension and feature gap "
                 "(Eq. 8) of a RoPE scaling, without and with Resonance (Alg. 1).")
-    p.add_argument("--dim", type=int, default=128, help="head dimension d (default 128)")
-    p.add_argument("--base", type=float, default=10000.0, help="rotary base b (default 10000)")
-    p.add_argument("--train-len", type=int, default=4096, help="training length L (default 4096)")
-    p.add_argument("--test-len", type=int, default=32768, help="test length L' (default 32768)")
-    p.add_argument("--pe", default="rope", help="[res_]METHOD[:FACTOR], e.g. yarn:8 (default rope); the report "
+    p.add_argument("--dim", type=int, default=128, help="head dimension d (default %(default)s)")
+    p.add_argument("--base", type=float, default=10000.0, help="rotary base b (default %(default)g)")
+    p.add_argument("--train-len", type=int, default=4096, help="training length L (default %(default)s)")
+    p.add_argument("--test-len", type=int, default=32768, help="test length L' (default %(default)s)")
+    p.add_argument("--pe", default="rope", help="[res_]METHOD[:FACTOR], e.g. yarn:8 (default %(default)s); the report "
                    f"shows it without and with Resonance; METHOD one of {METHODS}")
-    p.add_argument("--alpha", type=float, default=1.0, help="YaRN α (default 1)")
-    p.add_argument("--beta", type=float, default=32.0, help="YaRN β (default 32)")
-    p.add_argument("--ramp", default="paper", help=f"YaRN ramp, one of {RAMPS} (default paper)")
+    p.add_argument("--alpha", type=float, default=1.0, help="YaRN α (default %(default)g)")
+    p.add_argument("--beta", type=float, default=32.0, help="YaRN β (default %(default)g)")
+    p.add_argument("--ramp", default="paper", help=f"YaRN ramp, one of {RAMPS} (default %(default)s)")
     a = p.parse_args(argv)
     try:
         pe = dataclasses.replace(PE.parse(a.pe, alpha=a.alpha, beta=a.beta, ramp=a.ramp), resonance=False)
