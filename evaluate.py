@@ -578,6 +578,92 @@ def format_ablation(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# Table 1 against training budget: the full harness's paired differences at every budget the ablation JSONs hold.
+BUDGET_SAME = ("name", "epochs", "tasks", "seeds")  # preset fields a budget may change; the rest must agree
+
+
+def budget_rows(paths: list[str | Path]) -> list[dict]:
+    """Per (training epochs, task, pair): the full harness's paired Res. − base OOD differences per seed, mean ±
+    std, the standard error and whether |mean| > 2 SE, both rows' mean ID accuracy and the paper's difference,
+    from ablation results files of one model (presets that differ only in epochs), ordered by epochs."""
+    rows, model = [], None
+    for path in paths:
+        data = model_lib.read_json(path, "an ablation results file")
+        full = next((v for v in data.get("variants", []) if v["name"] == "full"), None)
+        if full is None or "preset_config" not in data:
+            raise ValueError(f"{path} is not an ablation results file with the full harness")
+        config = {k: v for k, v in data["preset_config"].items() if k not in BUDGET_SAME}
+        if model not in (None, config):
+            raise ValueError(f"{path} trains another model than {paths[0]}: budgets compare one model")
+        model, summary = config, table1_summary(full["runs"])
+        for task, pairs in paired_differences(summary).items():
+            for key, d in pairs.items():
+                res, base = key.split("-")
+                rows.append({"epochs": data["preset_config"]["epochs"], "task": task, "pair": key, **d,
+                             "se": d["std"] / len(d["diff"]) ** 0.5, "id_res": summary[task][res]["id_mean"],
+                             "id_base": summary[task][base]["id_mean"],
+                             "paper": PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]})
+                rows[-1]["separated"] = len(d["diff"]) > 1 and abs(d["mean"]) > 2 * rows[-1]["se"]
+    return sorted(rows, key=lambda r: (r["epochs"], list(TABLE1_TASKS).index(r["task"]), r["pair"]))
+
+
+def format_budget(rows: list[dict]) -> str:
+    """The budget table: one line per (task, pair, epochs)."""
+    lines = ["| task | pair | epochs | per seed | mean ± std | > 2 SE | ID (Res., base) | paper |", "|---" * 8 + "|"]
+    for r in sorted(rows, key=lambda r: (list(TABLE1_TASKS).index(r["task"]), r["pair"], r["epochs"])):
+        res, base = (TABLE1_PES[p] for p in r["pair"].split("-"))
+        per_seed = ", ".join(f"{x:+.2f}" for x in r["diff"]) + f" (seeds {', '.join(map(str, r['seeds']))})"
+        lines.append(f"| {TABLE1_TASKS[r['task']]} | {res} − {base} | {r['epochs']} | {per_seed} | {r['mean']:+.2f} ± "
+                     f"{r['std']:.2f} | {'yes' if r['separated'] else 'no'} | {r['id_res']:.2f}, {r['id_base']:.2f} | "
+                     f"{r['paper']:+.2f} |")
+    return "\n".join(lines)
+
+
+def plot_budget(rows: list[dict], path: str | Path) -> None:
+    """Per task: the paired OOD differences against training epochs (seeds as points, mean ± std as a line and
+    band, the paper's difference dashed), and beneath, the mean ID accuracy of the two rows of each pair."""
+    plt, tasks = _pyplot(), [t for t in TABLE1_TASKS if any(r["task"] == t for r in rows)]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, sharex=True,
+                             gridspec_kw={"height_ratios": [3, 1]})
+    for col, task in enumerate(tasks):
+        top, bottom = axes[0][col], axes[1][col]
+        for color, pair in enumerate(("res_rope-rope", "res_yarn-yarn")):
+            rs = [r for r in rows if (r["task"], r["pair"]) == (task, pair)]
+            if not rs:
+                continue
+            x, mean, std = (np.array([r[k] for r in rs]) for k in ("epochs", "mean", "std"))
+            label = " − ".join(TABLE1_PES[p] for p in pair.split("-"))
+            top.plot(x, mean, color=f"C{color}", marker="o", label=label)
+            top.fill_between(x, mean - std, mean + std, color=f"C{color}", alpha=0.2)
+            top.scatter([e for r in rs for e in [r["epochs"]] * len(r["diff"])], [d for r in rs for d in r["diff"]],
+                        color=f"C{color}", s=12, alpha=0.6)
+            top.axhline(rs[0]["paper"], color=f"C{color}", linestyle="--", linewidth=1, label=f"paper {label}")
+            bottom.plot(x, [(r["id_res"] + r["id_base"]) / 2 for r in rs], color=f"C{color}", marker="o")
+        top.axhline(0, color="black", linewidth=0.5)
+        top.set(title=TABLE1_TASKS[task], ylabel="Res. − base OOD (points)")
+        bottom.axhline(100 * ft.LEARNED_ID_ACC, color="gray", linestyle=":", linewidth=1)
+        bottom.set(xlabel="training epochs", ylabel="mean ID (%)", xscale="log")
+        bottom.set_xticks(sorted({r["epochs"] for r in rows}), labels=sorted({r["epochs"] for r in rows}))
+        bottom.minorticks_off()
+        top.legend(fontsize=7)
+    fig.suptitle("Table 1 against training budget: the authors' harness, quick's model (points: seeds; band: ± std)",
+                 fontsize=10)
+    _save(fig, path)
+
+
+def cmd_budget(args: argparse.Namespace) -> int:
+    """The paired differences against training budget: table on stdout, figure and JSON at --out."""
+    paths = args.inputs or sorted(Path("results").glob("table1_ablation*.json"))
+    if not paths:
+        raise ValueError("no ablation results files: give --inputs")
+    rows = budget_rows(paths)
+    print(format_budget(rows))
+    plot_budget(rows, args.out)
+    model_lib.write_json(Path(args.out).with_suffix(".json"), {"inputs": [str(p) for p in paths], "rows": rows})
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
 def cmd_fig1(args: argparse.Namespace) -> int:
     """Figure 1: rotation angles m·θ_6 of RoPE and Resonance RoPE for m < L = 64 and L ≤ m < L' = 128."""
     dim, base, L, L2, j = 64, 10000.0, 64, 128, 6
@@ -1010,6 +1096,13 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
                    "default %(default)s)")
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("budget", help="Table 1's paired differences against training epochs (the ablation JSONs)")
+    p.add_argument("--inputs", nargs="+", type=ft.path_for("file"), help="ablation results files of one model "
+                   "(default: results/table1_ablation*.json)")
+    p.add_argument("--out", default="runs/table1_budget.png", type=ft.path_for("file"),
+                   help="figure path; the table's JSON goes beside it (default %(default)s)")
+    p.set_defaults(func=cmd_budget)
 
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
     p.add_argument("--out", default="runs/fig1.png", type=ft.path_for("file"), help="PNG path (default %(default)s)")

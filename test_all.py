@@ -1459,7 +1459,7 @@ def test_every_option_has_help_that_shows_its_default(capsys):
 def test_no_command_writes_under_results_by_default(tmp_path, monkeypatch):
     outputs = [(c, a.default) for s in (evaluate, finetune) for c, a in _options(s.build_parser(), s.__name__)
                if a.dest in ("out", "png", "json", "hf", "gguf")]
-    assert len(outputs) == 12 and all(d is None or d.startswith("runs/") for _, d in outputs), outputs
+    assert len(outputs) == 13 and all(d is None or d.startswith("runs/") for _, d in outputs), outputs
     monkeypatch.chdir(tmp_path)  # the two computed defaults: table1's and ablation's JSON (and Figure 3 beside it)
     monkeypatch.setitem(finetune.PRESETS, "tiny", TINY_PRESET)
     monkeypatch.setattr(evaluate, "run_cells", lambda preset, harness, tasks, pes, seeds, args, on_unit=None: [
@@ -1482,3 +1482,27 @@ def test_fig3_has_whole_epoch_ticks_and_budget_presets_are_quick_trained_longer(
     quick = finetune.PRESETS["quick"]
     assert (quick.d_model, quick.n_head, quick.d_ff, quick.n_layer, quick.n_train, quick.batch_size, quick.lr,
             quick.val_every) == (256, 4, 1024, 2, 10000, 32, 1e-3, 2)
+def test_budget_command_plots_and_tables_paired_differences_against_epochs(tmp_path, capsys):
+    paths, ood = [], {"rope": 40.0, "res_rope": 42.0, "yarn": 60.0, "res_yarn": 55.0}  # OOD at epochs 4 / seed 1
+    for epochs in (4, 8, 16):  # each budget, each seed: Res. RoPE − RoPE = 2 + epochs/4 + seed, Res. YaRN − YaRN = -5
+        runs = [{"task": t, "pe": pe, "seed": s, "id_acc": 0.96, "ood_acc": (o + (epochs / 4 + s) * (pe == "res_rope")
+                                                                             ) / 100}
+                for t in ("recursive", "cot") for pe, o in ood.items() for s in (1, 2)]
+        config = dataclasses.asdict(dataclasses.replace(finetune.PRESETS["quick"], name=f"e{epochs}", epochs=epochs))
+        paths.append(tmp_path / f"a{epochs}.json")
+        paths[-1].write_text(json.dumps({"preset_config": config, "variants": [{"name": "full", "runs": runs}]}))
+    out = tmp_path / "b.png"
+    assert evaluate.main(["budget", "--inputs", *map(str, paths), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    for epochs in (4, 8, 16):  # per seed 3 + epochs/4 and 4 + epochs/4: mean 3.5 + epochs/4, std √0.5
+        d = [2 + epochs / 4 + s for s in (1, 2)]
+        assert (f"| Recursive | Res. RoPE − RoPE | {epochs} | {d[0]:+.2f}, {d[1]:+.2f} (seeds 1, 2) | "
+                f"{np.mean(d):+.2f} ± 0.71 | yes | 96.00, 96.00 | -2.65 |") in text
+        assert f"| CoT | Res. YaRN − YaRN | {epochs} | -5.00, -5.00 (seeds 1, 2) | -5.00 ± 0.00 | yes |" in text
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert len(rows) == 12 and out.stat().st_size > 10000 and [r["epochs"] for r in rows[::4]] == [4, 8, 16]
+    other = json.loads(paths[0].read_text())
+    other["preset_config"]["d_model"] = 512  # another model is not a budget of this one
+    paths[0].write_text(json.dumps(other))
+    assert evaluate.main(["budget", "--inputs", *map(str, paths), "--out", str(out)]) == 2
+    assert "trains another model" in capsys.readouterr().err
