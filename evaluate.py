@@ -410,7 +410,7 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
         ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation loss (L' = 256)")
-    axes[0][-1].legend(fontsize=8)
+    max(axes[0], key=lambda ax: len(ax.get_lines())).legend(fontsize=8)  # the panel with every row run
     fig.suptitle(title, fontsize=10)
     _save(fig, path)
 
