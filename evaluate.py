@@ -1,6 +1,6 @@
 """Evaluation entry points for the Resonance RoPE reference.
 
-    python evaluate.py table1 --preset quick --jobs 2   # Table 1 + Figure 3, the authors' harness: ~17 min, 2 cores
+    python evaluate.py table1 --preset quick --jobs 2   # Table 1 + Figure 3, the authors' harness: 12-17 min, 2 cores
     python evaluate.py ablation                # Table 1 with each harness item switched off in turn, 3 seeds
     python evaluate.py posgen --task cot --pe yarn --preset quick   # one run: ID / OOD / per-position accuracy
     python evaluate.py fig1                    # Figure 1: m·θ_6 of RoPE vs. Resonance RoPE
