@@ -1139,6 +1139,10 @@ def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
                    help="JSON path (default %(default)s)")
     p.set_defaults(func=cmd_passkey)
 
+    _add_fig4_command(sub)
+
+
+def _add_fig4_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fig4", help="Fig. 4 after fine-tuning: fine-tune each PE on the same data, then perplexity "
                                      "and passkey before/after with bootstrap intervals (resumable)")
     p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or "
