@@ -379,7 +379,7 @@ def closing_sentences(summary: dict, paired: dict, n_seeds: int, at_paper_size: 
                  if not c["comparable"]]
     if unlearned:
         out.append(f"Below 95 % ID, the rule not fully learned: {', '.join(unlearned)}.")
-    out.append("Three seeds at this size and longer budgets, the harness ablation and the paper-size GPU run: "
+    out.append("Three seeds of the CPU-size model at several budgets, the harness ablation and the paper-size GPU run: "
                "results/table1_*.json, explained in results/README.md.")
     return out
 

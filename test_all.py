@@ -646,7 +646,7 @@ def test_table1_closing_lines_one_seed_paired_differences_and_an_unlearned_row()
         "One seed cannot tell a difference from seed-to-seed noise, and the model is smaller and shorter-trained than "
         "the paper's: neither the sizes nor the signs are a verdict on the paper.",
         "Below 95 % ID, the rule not fully learned: Recursive Res. YaRN.",
-        "Three seeds at this size and longer budgets, the harness ablation and the paper-size GPU run: "
+        "Three seeds of the CPU-size model at several budgets, the harness ablation and the paper-size GPU run: "
         "results/table1_*.json, explained in results/README.md."]
 def test_table1_closing_lines_three_seeds_mean_std_and_two_standard_errors():
     ood = {"rope": (50, 60, 55), "res_rope": (70, 79, 76), "yarn": (90, 90, 90), "res_yarn": (91, 89, 90)}
