@@ -215,11 +215,13 @@ def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: i
     return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
 
 
-HARNESS_HELP = {"freeze_ffn": "keep the FFN and its norm at their initialisation", "tie_head": "LM head = the "
-                "embedding (T5)", "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
-                "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's", "schedule":
-                "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9", "select":
-                "the reported epoch: the first with the best validation ID accuracy, or the last"}
+HARNESS_HELP = {  # the command line's text for each Harness field
+    "freeze_ffn": "keep the FFN and its norm at their initialisation",
+    "tie_head": "LM head = the embedding (T5)",
+    "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
+    "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's",
+    "schedule": "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9",
+    "select": "the reported epoch: the first with the best validation ID accuracy, or the last"}
 HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
                    "schedule": ("authors", "ours"), "select": SELECT_RULES}
 
@@ -858,15 +860,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-RUN_HELP = {"model": "HF directory, .gguf file or smollm2", "pe": "[res_]METHOD[:FACTOR]", "original_len": "L; "
-            "None: the checkpoint's", "alpha": "YaRN α; None: the method's", "beta": "YaRN β; None: the method's",
-            "seq_len": "training length; None: the target s·L", "train_tokens": "token budget", "batch_size":
-            "sequences per optimiser step", "micro_batch": "sequences per forward (the rest: accumulation)", "lr":
-            "AdamW learning rate", "weight_decay": "AdamW weight decay", "warmup": "share of the steps warming up",
-            "text": ".txt or .jsonl documents; None: Python's stdlib", "heldout_docs": "documents kept out of "
-            "training", "heldout_min_tokens": "a held-out document's least tokens; None: L'", "seed": "data order and "
-            "init seed", "grad_checkpointing": "turn gradient checkpointing off (default: on; off is faster, "
-            "takes more memory)"}
+RUN_HELP = {  # the command line's text for each LlamaRun field
+    "model": "HF directory, .gguf file or smollm2", "pe": "[res_]METHOD[:FACTOR]",
+    "original_len": "L; None: the checkpoint's", "alpha": "YaRN α; None: the method's",
+    "beta": "YaRN β; None: the method's", "seq_len": "training length; None: the target s·L",
+    "train_tokens": "token budget", "batch_size": "sequences per optimiser step",
+    "micro_batch": "sequences per forward (the rest: accumulation)", "lr": "AdamW learning rate",
+    "weight_decay": "AdamW weight decay", "warmup": "share of the steps warming up",
+    "text": ".txt or .jsonl documents; None: Python's stdlib", "heldout_docs": "documents kept out of training",
+    "heldout_min_tokens": "a held-out document's least tokens; None: L'", "seed": "data order and init seed",
+    "grad_checkpointing": "turn gradient checkpointing off (default: on; off is faster, takes more memory)"}
 
 
 def build_parser() -> argparse.ArgumentParser:
