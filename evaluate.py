@@ -482,11 +482,37 @@ def device_name(device: str | torch.device) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
 
 
+def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:
+    """The runs held by table1 JSONs of one preset and harness (shards, or calls on other tasks, PEs or seeds), in
+    grid order, each (task, PE, seed) from one file only; and where and how each file's call ran."""
+    runs: dict[tuple, dict] = {}
+    parts = []
+    for path in paths:
+        data = model_lib.read_json(path, "a table1 results file")
+        if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
+                and all(isinstance(r, dict) and {"task", "pe", "seed"} <= r.keys() for r in data["runs"])):
+            raise ValueError(f"{path} is not a table1 results file")
+        if (data.get("preset"), data["harness"]) != (preset.name, dataclasses.asdict(harness)):
+            raise ValueError(f"{path} is of preset {data.get('preset')} harness {data['harness'].get('protocol')}, not "
+                             f"--preset {preset.name} harness {harness.name}: merge one preset and harness")
+        for r in data["runs"]:
+            if (key := (r["task"], r["pe"], r["seed"])) in runs:
+                raise ValueError(f"{path} repeats {key[0]} {key[1]} seed {key[2]}, held by an earlier --merge file")
+            runs[key] = r
+        parts.append({"file": Path(path).name} | {k: data.get(k) for k in ("wall_s", "device", "precision", "jobs")})
+    order = [list(TABLE1_TASKS), list(TABLE1_PES), list(dict.fromkeys([*preset.seeds, *sorted(r[2] for r in runs)]))]
+    return [runs[k] for k in sorted(runs, key=lambda k: [o.index(x) for o, x in zip(order, k, strict=True)])], parts
+
+
 def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 and Figure 3: every (task × PE × seed) of a preset (or one shard of them); finished runs are reused,
-    and the results JSON is rewritten after every finished training run."""
+    and the results JSON is rewritten after every finished training run. ``--merge``: no training, the runs of
+    earlier table1 JSONs (shards, or calls on other subsets) combined into one."""
     preset, harness = ft.PRESETS[args.preset], ft.harness_from_args(args)
-    seeds = args.seeds or list(preset.seeds)
+    if args.merge and (args.shard or args.seeds or args.tasks or args.pes):
+        raise ValueError("--merge combines the files' runs as they are: give no --shard, --seeds, --tasks or --pes")
+    runs, parts = merged_runs(args.merge, preset, harness) if args.merge else (None, None)
+    seeds = list(dict.fromkeys(r["seed"] for r in runs)) if runs else args.seeds or list(preset.seeds)
     own_select = harness.select == ft.HARNESSES[harness.protocol].select
     tag = harness.name + ("" if own_select else f"+select={harness.select}")
     suffix = ("" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")) + (
@@ -503,17 +529,25 @@ def cmd_table1(args: argparse.Namespace) -> int:
             "steps_per_s": steps * sum(r["trained_as"] == r["pe"] for r in runs) / train_s if train_s else None,
             "preset_config": dataclasses.asdict(preset), "table": summary, "paired": paired_differences(summary),
             "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v) in row.items()}
-                             for t, row in PAPER_TABLE1.items()}, "runs": runs}
+                             for t, row in PAPER_TABLE1.items()}, "runs": runs} | (
+            {"device": ", ".join(dict.fromkeys(str(p["device"]) for p in parts)), "merged_from": parts,
+             "jobs": None, "threads": None,
+             "precision": ", ".join(dict.fromkeys(str(p["precision"]) for p in parts))} if parts else {})
 
-    runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or preset.tasks)],
-                     [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args,
-                     lambda runs: model_lib.write_json(out, results(runs)))
+    if not args.merge:
+        runs = run_cells(preset, harness, [t for t in TABLE1_TASKS if t in (args.tasks or preset.tasks)],
+                         [pe for pe in TABLE1_PES if pe in (args.pes or TABLE1_PES)], seeds, args,
+                         lambda runs: model_lib.write_json(out, results(runs)))
     model_lib.write_json(out, data := results(runs))
     print(table1_report(data))
-    n_runs = sum(r["trained_as"] == r["pe"] for r in runs)
-    print(f"This call took {ft.fmt_s(time.perf_counter() - t0)}; training the {n_runs} runs took "
-          f"{ft.fmt_s(sum(r['train_s'] for r in runs))} in all (a run reused from an earlier call counts the "
-          f"time it took then); {torch.get_num_threads()} threads, {args.jobs} run(s) at a time.")
+    n_runs, train_s = sum(r["trained_as"] == r["pe"] for r in runs), ft.fmt_s(sum(r["train_s"] for r in runs))
+    if parts:
+        calls = "; ".join(f"{p['file']}: {p['device']}, {p['jobs']} run(s) at a time" for p in parts)
+        print(f"Merged {len(parts)} files ({calls}); training the {n_runs} runs took {train_s} in all.")
+    else:
+        print(f"This call took {ft.fmt_s(time.perf_counter() - t0)}; training the {n_runs} runs took {train_s} in "
+              f"all (a run reused from an earlier call counts the time it took then); {torch.get_num_threads()} "
+              f"threads, {args.jobs} run(s) at a time.")
     fig_path = out.with_name(out.stem + "_fig3.png")
     plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, harness {harness.name}, "
                               f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
@@ -1079,6 +1113,8 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=shard, help="I/N: train only the I-th (0 … N-1) of N disjoint shares of the runs")
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: combine these table1 JSONs of the "
+                   "preset and harness (shards, or calls on other tasks, PEs or seeds) into --out")
     p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")

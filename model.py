@@ -520,6 +520,8 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
 
 def read_json(path: str | os.PathLike, what: str) -> dict:
     """A JSON file that must exist and parse; an error names the file and what it should have been."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{path} is a directory, not {what}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{Path(path).parent} is not {what} (no {Path(path).name})")
     try:

@@ -611,6 +611,32 @@ def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and
     assert {(r["task"], r["seed"]) for r in new["variants"][0]["runs"]} == {(t, s) for t in ("cot", "recursive")
                                                                             for s in (7, 8)}
     assert new["variants"][1:] == data["variants"][1:] and new["seeds"] == []  # those two lack Recursive
+def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_another_preset(tmp_path, capsys):
+    def part(name: str, cells: list, **meta) -> str:
+        runs = [{"task": t, "pe": pe, "seed": s, "id_acc": .99, "ood_acc": o / 100, "epoch": 4, "trained_as": pe,
+                 "train_s": 10.0, "learned": True, "val_loss": [[2, 1.0], [4, 0.5]], "val_id_acc": [],
+                 "by_select": {}} for t, pe, s, o in cells]
+        data = {"preset": "quick", "harness": dataclasses.asdict(finetune.HARNESSES["code"]), "runs": runs,
+                "wall_s": 5.0, "device": "cpu (x86_64)", "precision": "fp32", "jobs": 2} | meta
+        (tmp_path / name).write_text(json.dumps(data))
+        return str(tmp_path / name)
+    a = part("a.json", [("cot", pe, s, o + s) for pe, o in (("rope", 50), ("res_rope", 60)) for s in (2, 1)])
+    b = part("b.json", [("recursive", "rope", 1, 40), ("cot", "yarn", 1, 80)], device="NVIDIA H200", jobs=5)
+    out = tmp_path / "m.json"
+    assert evaluate.main(["table1", "--merge", a, b, "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert [(r["task"], r["pe"], r["seed"]) for r in m["runs"]] == [  # the grid's order, whatever the files' order
+        ("recursive", "rope", 1), ("cot", "rope", 1), ("cot", "rope", 2), ("cot", "res_rope", 1),
+        ("cot", "res_rope", 2), ("cot", "yarn", 1)]
+    assert m["seeds"] == [1, 2] and m["paired"]["cot"]["res_rope-rope"]["diff"] == pytest.approx([10, 10])
+    assert m["device"] == "cpu (x86_64), NVIDIA H200" and [p["jobs"] for p in m["merged_from"]] == [2, 5]
+    assert "Merged 2 files (a.json: cpu (x86_64), 2 run(s) at a time; b.json: NVIDIA H200" in capsys.readouterr().out
+    for argv, says in (([a, a], "repeats cot rope seed 2"), ([a, "--preset", "long"], "is of preset quick"),
+                       ([a, "--seeds", "1"], "give no --shard"), ([str(tmp_path)], "is a directory")):
+        assert evaluate.main(["table1", "--out", str(out), "--merge", *argv]) == 2
+        assert says in capsys.readouterr().err
+
+
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
