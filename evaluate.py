@@ -225,7 +225,7 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     if args.checkpoint is None and (args.task is None or args.pe is None):
         raise ValueError("give --checkpoint, or --task and --pe (with --preset, --protocol, --seed)")
     harness = ft.harness_from_args(args)
-    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.PRESETS[args.preset], harness, args.task,
+    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.preset_from_args(args), harness, args.task,
                                          ft.training_run_pe(args.pe, harness.protocol), args.seed)
     net, state = ft.load_posgen_checkpoint(path, args.pe, harness.select)
     meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
@@ -252,17 +252,22 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def table1_summary(runs: list[dict]) -> dict:
     """Per (task, PE): OOD and ID accuracy in %, per seed and as mean ± std over seeds (sample std; beside it the
-    population variance, np.var), and whether the cell is comparable (mean ID accuracy ≥ 95%: the model learned
-    the rule, so OOD measures the PE)."""
+    population variance, np.var), the ID accuracy without x_4 ("id_x4free", where the runs hold it), and whether
+    the cell is comparable: mean ID ≥ 95 % — over positions j+k+1 … L−1 where recorded, since x_4 alone is 1/60
+    of ID and the shortcut learns all but it (``posgen.shortcut_position``) — so the model learned the rule and
+    OOD measures the PE. The 95 % line is this project's, not the paper's."""
     out: dict = {}
     for task, pe in dict.fromkeys((r["task"], r["pe"]) for r in runs):
         cell = sorted((r for r in runs if (r["task"], r["pe"]) == (task, pe)), key=lambda r: r["seed"])
         ood, acc = ([100 * r[k] for r in cell] for k in ("ood_acc", "id_acc"))
+        x4free = [100 * r["id_acc_x4free"] for r in cell] if all("id_acc_x4free" in r for r in cell) else None
         (ood_mean, ood_std), (id_mean, id_std) = _mean_std(ood), _mean_std(acc)
+        learned_on = np.mean(x4free) if x4free else id_mean
         out.setdefault(task, {})[pe] = {"n": len(ood), "seeds": [r["seed"] for r in cell], "ood": ood, "id": acc,
                                         "ood_mean": ood_mean, "ood_std": ood_std, "ood_var": float(np.var(ood)),
-                                        "id_mean": id_mean, "id_std": id_std,
-                                        "comparable": bool(id_mean >= 100 * ft.LEARNED_ID_ACC)}
+                                        "id_mean": id_mean, "id_std": id_std, "id_x4free": x4free,
+                                        "id_x4free_mean": float(np.mean(x4free)) if x4free else None,
+                                        "comparable": bool(learned_on >= 100 * ft.LEARNED_ID_ACC)}
     return out
 
 
@@ -312,23 +317,27 @@ def table1_header(data: dict) -> list[str]:
 def _cell(c: dict | None) -> str:
     if c is None:
         return "not run"
-    return (f"{c['ood_mean']:.2f}" + (f" ± {c['ood_std']:.2f}" if c["n"] > 1 else "") + f" ({c['id_mean']:.2f})"
+    ids = f"{c['id_mean']:.2f}" + (f"; {c['id_x4free_mean']:.2f}" if c.get("id_x4free_mean") is not None else "")
+    return (f"{c['ood_mean']:.2f}" + (f" ± {c['ood_std']:.2f}" if c["n"] > 1 else "") + f" ({ids})"
             + ("" if c["comparable"] else " †"))
 
 
 def format_table1(summary: dict) -> str:
     """Table 1 as a Markdown table: per task, our OOD accuracy (mean, ± std over seeds when there are several;
-    † where the rule was not fully learned, ID < 95 %) with our ID accuracy, and the paper's OOD mean (variance)."""
+    † where the rule was not fully learned, ID < 95 %) with our ID accuracy (and ID without x_4 where recorded),
+    and the paper's OOD mean (variance)."""
     tasks = [t for t in TABLE1_TASKS if t in summary]
-    lines = ["OOD accuracy (%) at positions L … L'-1 (ID accuracy at j+k … L-1 in brackets)",
+    x4 = any(c.get("id_x4free_mean") is not None for cells in summary.values() for c in cells.values())
+    lines = ["OOD accuracy (%) at positions L … L'-1 (ID accuracy at j+k … L-1" + (
+             "; ID without x_4, at j+k+1 … L-1" if x4 else "") + " in brackets)",
              "| PE | " + " | ".join(f"{TABLE1_TASKS[t]} OOD (ID) | paper (var)" for t in tasks) + " |",
              "|---" * (1 + 2 * len(tasks)) + "|"]
     for pe, name in TABLE1_PES.items():
         cells = [x for t in tasks for x in (_cell(summary[t].get(pe)), "{:.2f} ({:.2f})".format(*PAPER_TABLE1[t][pe]))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if any(not c["comparable"] for cells in summary.values() for c in cells.values()):
-        lines.append(f"† ID < {100 * ft.LEARNED_ID_ACC:.0f} %: the rule was not fully learned, so that OOD number does "
-                     "not measure the PE.")
+        lines.append(f"† ID{' without x_4' if x4 else ''} < {100 * ft.LEARNED_ID_ACC:.0f} %: the rule was not fully "
+                     "learned, so that OOD number does not measure the PE.")
     return "\n".join(lines)
 
 
@@ -433,17 +442,30 @@ def training_units(tasks, pes, seeds, protocol: str) -> list[list[tuple[str, str
 
 def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, device: str) -> list[dict]:
     """Train (or reuse) one training run and report each of its cells as the compact rows the results JSON keeps:
-    the reported accuracies, both selection rules, timing and the validation curves."""
-    rows = []
+    the reported accuracies, every selection rule's, timing, and the curves (val and test at every validation:
+    ``curves`` = {"epoch": [...], "val_loss": [...], "test_ood_acc": [...], ...})."""
+    rows, keys = [], ("epoch", *ft.CURVE_KEYS[1:])
     for task, pe, seed in unit:
         r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
-        rows.append({k: r[k] for k in ("task", "pe", "seed", "id_acc", "ood_acc", "epoch", "trained_as", "train_s")}
-                    | {"learned": r["id_acc"] >= ft.LEARNED_ID_ACC, "val_loss": [[h["epoch"], h["val_loss"]] for h
-                                                                             in r["history"] if "val_loss" in h],
-                       "val_id_acc": [[h["epoch"], h["id_acc"]] for h in r["history"] if "id_acc" in h],
-                       "by_select": {k: {f: v[f] for f in ("epoch", "id_acc", "ood_acc")} for k, v in
-                                     r["by_select"].items()}})
+        validated = [h for h in r["history"] if "val_loss" in h]
+        rows.append({k: r[k] for k in ("task", "pe", "seed", *keys, "trained_as", "train_s")}
+                    | {"learned": r["id_acc_x4free"] >= ft.LEARNED_ID_ACC,
+                       "val_loss": [[h["epoch"], h["val_loss"]] for h in validated],
+                       "val_id_acc": [[h["epoch"], h["id_acc"]] for h in validated],
+                       "by_select": {k: {f: v[f] for f in keys} for k, v in r["by_select"].items()},
+                       "curves": {"epoch": [h["epoch"] for h in validated]} | {
+                           k if k.startswith(("val_", "test_")) else f"val_{k}": [h[k] for h in validated]
+                           for k in validated[0] if k not in ("epoch", "loss", "lr", "elapsed_s")}})
     return rows
+
+
+def reselect(runs: list[dict], rule: str) -> list[dict]:
+    """The runs with their reported epoch and accuracies those of selection rule ``rule`` (``ft.select_epoch``),
+    read from each run's ``by_select``: no retraining."""
+    if missing := [f"{r['task']} {r['pe']} seed {r['seed']}" for r in runs if rule not in r.get("by_select", {})]:
+        raise ValueError(f"--select {rule}: these runs hold no test at that rule's epoch (a results file from before "
+                         f"the curves were recorded?): {', '.join(missing[:3])}")
+    return [r | r["by_select"][rule] for r in runs]
 
 
 def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace,
@@ -484,7 +506,8 @@ def device_name(device: str | torch.device) -> str:
 
 def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:
     """The runs held by table1 JSONs of one preset and harness (shards, or calls on other tasks, PEs or seeds), in
-    grid order, each (task, PE, seed) from one file only; and where and how each file's call ran."""
+    grid order, each (task, PE, seed) from one file only, reported under ``harness.select`` whatever rule the file
+    reported (``reselect``); and where and how each file's call ran."""
     runs: dict[tuple, dict] = {}
     parts = []
     for path in paths:
@@ -492,10 +515,12 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
         if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
                 and all(isinstance(r, dict) and {"task", "pe", "seed"} <= r.keys() for r in data["runs"])):
             raise ValueError(f"{path} is not a table1 results file")
-        if (data.get("preset"), data["harness"]) != (preset.name, dataclasses.asdict(harness)):
+        if (data.get("preset"), data["harness"] | {"select": harness.select}) != (preset.name,
+                                                                                   dataclasses.asdict(harness)):
             raise ValueError(f"{path} is of preset {data.get('preset')} harness {data['harness'].get('protocol')}, not "
                              f"--preset {preset.name} harness {harness.name}: merge one preset and harness")
-        for r in data["runs"]:
+        same_rule = data["harness"]["select"] == harness.select
+        for r in data["runs"] if same_rule else reselect(data["runs"], harness.select):
             if (key := (r["task"], r["pe"], r["seed"])) in runs:
                 raise ValueError(f"{path} repeats {key[0]} {key[1]} seed {key[2]}, held by an earlier --merge file")
             runs[key] = r
@@ -504,11 +529,28 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
     return [runs[k] for k in sorted(runs, key=lambda k: [o.index(x) for o, x in zip(order, k, strict=True)])], parts
 
 
+SELECT_HELP = {
+    "best_val_id": "the first epoch with the best validation ID accuracy (the authors' checkpoint; the default)",
+    "last": "the last epoch",
+    "min_val_loss": "the lowest validation loss (its positions are mostly OOD: the val split is L' long)",
+    "best_val_id_x4": "the best validation ID accuracy over positions j+k+1 … L-1 (x_4 left out)",
+    "best_val_ood": "the best validation OOD accuracy, as the authors' val/acc_ood_best logs: it selects on OOD "
+                    "itself, a diagnostic of what the paper may have reported, not a rule to compare PEs by"}
+
+
+def by_rule(runs: list[dict]) -> dict:
+    """Table 1 and its paired differences under every selection rule the runs hold (all five where the runs
+    recorded curves; older results files hold best_val_id and last)."""
+    rules = [rule for rule in ft.SELECT_RULES if all(rule in r.get("by_select", {}) for r in runs)]
+    summaries = {rule: table1_summary(reselect(runs, rule)) for rule in rules}
+    return {rule: {"table": s, "paired": paired_differences(s)} for rule, s in summaries.items()}
+
+
 def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 and Figure 3: every (task × PE × seed) of a preset (or one shard of them); finished runs are reused,
     and the results JSON is rewritten after every finished training run. ``--merge``: no training, the runs of
     earlier table1 JSONs (shards, or calls on other subsets) combined into one."""
-    preset, harness = ft.PRESETS[args.preset], ft.harness_from_args(args)
+    preset, harness = ft.preset_from_args(args), ft.harness_from_args(args)
     if args.merge and (args.shard or args.seeds or args.tasks or args.pes):
         raise ValueError("--merge combines the files' runs as they are: give no --shard, --seeds, --tasks or --pes")
     runs, parts = merged_runs(args.merge, preset, harness) if args.merge else (None, None)
@@ -529,7 +571,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
             "steps_per_s": steps * sum(r["trained_as"] == r["pe"] for r in runs) / train_s if train_s else None,
             "preset_config": dataclasses.asdict(preset), "table": summary, "paired": paired_differences(summary),
             "paper_table1": {t: {pe: {"ood_mean": m, "ood_var": v} for pe, (m, v) in row.items()}
-                             for t, row in PAPER_TABLE1.items()}, "runs": runs} | (
+                             for t, row in PAPER_TABLE1.items()}, "by_rule": by_rule(runs), "runs": runs} | (
             {"device": ", ".join(dict.fromkeys(str(p["device"]) for p in parts)), "merged_from": parts,
              "jobs": None, "threads": None,
              "precision": ", ".join(dict.fromkeys(str(p["precision"]) for p in parts))} if parts else {})
@@ -540,6 +582,9 @@ def cmd_table1(args: argparse.Namespace) -> int:
                          lambda runs: model_lib.write_json(out, results(runs)))
     model_lib.write_json(out, data := results(runs))
     print(table1_report(data))
+    for rule, d in data["by_rule"].items() if args.every_rule else ():
+        print(f"\nSelection rule {rule}: {SELECT_HELP[rule]}\n" + "\n".join([format_table1(d["table"]),
+                                                                            *paired_lines(d["table"], d["paired"])]))
     n_runs, train_s = sum(r["trained_as"] == r["pe"] for r in runs), ft.fmt_s(sum(r["train_s"] for r in runs))
     if parts:
         calls = "; ".join(f"{p['file']}: {p['device']}, {p['jobs']} run(s) at a time" for p in parts)
@@ -568,7 +613,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     keeps what it holds for the same preset (every variant, seed and task), training only the (seed, task) cells a
     requested variant lacks: a stopped run loses only the variant it was in. "seeds": those complete in every
     variant and task held."""
-    preset, variants = ft.PRESETS[args.preset], [v for v in ABLATION if v in (args.variants or ABLATION)]
+    preset, variants = ft.preset_from_args(args), [v for v in ABLATION if v in (args.variants or ABLATION)]
     out = Path(args.out or "runs/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
     old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
     config = json.loads(json.dumps(dataclasses.asdict(preset)))
@@ -1114,11 +1159,14 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: combine these table1 JSONs of the "
-                   "preset and harness (shards, or calls on other tasks, PEs or seeds) into --out")
+                   "preset and harness (shards, or calls on other tasks, PEs or seeds) into --out, reported under "
+                   "--select")
+    p.add_argument("--every-rule", action="store_true", help="also print Table 1 under every selection rule, from "
+                   "the curves (default: only --select's)")
     p.set_defaults(func=cmd_table1)
 
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
-    p.add_argument("--preset", default="quick", choices=ft.PRESETS, help="model size and budget (default %(default)s)")
+    ft.add_preset_args(p)
     p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
                    help="training seeds (default %(default)s)")
     p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"],

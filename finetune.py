@@ -191,7 +191,9 @@ def model_flops_per_token(net: torch.nn.Module, n_layer: int, d_model: int, seq_
 
 PE_NAMES = ("rope", "res_rope", "yarn", "res_yarn")  # the rows of Table 1
 PROTOCOLS = ("code", "paper")
-SELECT_RULES = ("best_val_id", "last")
+PRECISIONS = ("tf32", "fp32", "bf16")
+SELECT_RULES = ("best_val_id", "last", "min_val_loss", "best_val_id_x4", "best_val_ood")
+KEPT_RULES = SELECT_RULES[:2]  # the rules whose weights a run keeps (best-<row>.pt, ckpt.pt)
 
 
 def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
@@ -221,7 +223,7 @@ HARNESS_HELP = {  # the command line's text for each Harness field
     "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
     "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's",
     "schedule": "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9",
-    "select": "the reported epoch: the first with the best validation ID accuracy, or the last"}
+    "select": "the reported epoch (select_epoch): best_val_id is the authors' rule; the others read the curves"}
 HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
                    "schedule": ("authors", "ours"), "select": SELECT_RULES}
 
@@ -238,7 +240,7 @@ class Harness:
     split: str = "authors"          # posgen.make_splits: "authors" (cycled combinations, no seed) or "disjoint"
     schedule: str = "authors"       # "authors": decay on every weight, Adam β1 cycled 0.95 → 0.85 → 0.95 by the
                                     # one-cycle schedule; "ours": no decay on norm gains, β1 = 0.9
-    select: str = "best_val_id"     # the reported epoch: the first with the best validation ID accuracy, or "last"
+    select: str = "best_val_id"     # the reported epoch, one of SELECT_RULES (select_epoch); the authors': best val ID
 
     def __post_init__(self):
         for name, allowed in {**HARNESS_CHOICES, "freeze_ffn": (True, False), "tie_head": (True, False)}.items():
@@ -285,7 +287,8 @@ class Preset:
     k: int = 3
     modulus: int = 17
     compile: bool = True            # torch.compile on CUDA (never on CPU, where it does not pay off here)
-    precision: str = "tf32"         # on CUDA: "tf32" (fp32 weights, TF32 matmuls), "fp32", "bf16" (autocast); CPU: fp32
+    precision: str = "tf32"         # on CUDA, one of PRECISIONS: "tf32" (fp32 weights, TF32 matmuls), "fp32" (the
+                                    # authors' precision: 32, no TF32), "bf16" (autocast); on CPU always fp32
     tasks: tuple[str, ...] = posgen.TASKS  # what `evaluate.py table1` runs by default
 
 
@@ -354,10 +357,16 @@ def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Ten
 
 def accuracy_summary(per_position: torch.Tensor, j: int, k: int, train_len: int) -> dict:
     """ID accuracy = mean over positions j+k … L−1, OOD accuracy = mean over L … T−1 (None if T ≤ L); every
-    position has the same number of sequences, so a mean of per-position means is the pooled mean."""
+    position has the same number of sequences, so a mean of per-position means is the pooled mean.
+
+    Beside them, the first generated token x_{j+k} (x_4 at the paper's j = 1, k = 3) on its own ("x4_acc") and
+    the ID accuracy without it, positions j+k+1 … L−1 ("id_acc_x4free"). With h = sum mod p, x_l = 2·x_{l−1} −
+    x_{l−5} (Recursive) or 2·x_{l−1} − x_{l−4} (CoT) holds from l = j+k+1 on (``posgen.shortcut_position``), so a
+    model can learn every ID label but x_4's from two tokens; ``posgen.shortcut_id_ceiling``: the ID that buys."""
     per, T = per_position.double(), per_position.numel()
     return {"id_acc": per[j + k:train_len].mean().item(), "ood_acc": per[train_len:].mean().item()
-            if T > train_len else None, "per_position": [None if i < j + k else per[i].item() for i in range(T)]}
+            if T > train_len else None, "x4_acc": per[j + k].item(), "id_acc_x4free": per[j + k + 1:train_len].mean()
+            .item(), "per_position": [None if i < j + k else per[i].item() for i in range(T)]}
 
 
 @torch.no_grad()
@@ -381,10 +390,10 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
 
 
 def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
-    """What identifies a training run; "format" 4: the harness settings, validation every ``val_every`` epochs,
-    the test once per selection rule at the end."""
+    """What identifies a training run; "format" 5: the harness settings, validation every ``val_every`` epochs,
+    the test split scored at every validation (the curves)."""
     return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
-            "format": 4}
+            "format": 5}
 
 
 def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
@@ -434,22 +443,40 @@ def posgen_step(fwd, opt, sched, x: torch.Tensor, y: torch.Tensor, precision: st
     return loss.detach()
 
 
-def _validate_rows(net, tables: dict[str, PE], train_pe: PE, val: np.ndarray, preset: Preset, dev) -> dict:
-    """Validation loss and accuracy under each row's evaluation table; the training table is put back."""
+CURVE_KEYS = ("loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free")  # what a validation records per split
+
+
+def _validate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> dict:
+    """The curves' point of one validation epoch: under each row's evaluation table, loss and accuracies on the
+    val split ("val_loss", "id_acc", …) and on the test split ("test_loss", "test_id_acc", …), so any selection
+    rule can later read its epoch's test numbers without retraining. The training table is put back."""
     out = {}
     for name, table in tables.items():
         net.set_pe(table)
-        v = evaluate_posgen(net, val, preset, dev)
-        out[name] = {"val_loss": v["loss"], "id_acc": v["id_acc"], "ood_acc": v["ood_acc"]}
+        v, t = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
+        out[name] = {("val_loss" if key == "loss" else key): v[key] for key in CURVE_KEYS} | {
+            f"test_{key}": t[key] for key in CURVE_KEYS}
     net.set_pe(train_pe)
     return out
 
 
 def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
-    """The validated epoch of row ``pe`` a rule reports: ``best_val_id`` the first epoch reaching the best
-    validation ID accuracy (the authors' ModelCheckpoint: max, strict improvement), ``last`` the last one."""
+    """The validated epoch of row ``pe`` that a selection rule reports (the first one where a rule ties):
+
+    ``best_val_id`` the best validation ID accuracy (the authors' ModelCheckpoint: max, strict improvement);
+    ``last`` the last validation; ``min_val_loss`` the lowest validation loss (mostly OOD positions: the val
+    split is L' long); ``best_val_id_x4`` the best validation ID over positions j+k+1 … L−1 (x_4 left out);
+    ``best_val_ood`` the best validation OOD accuracy — what the authors' ``val/acc_ood_best`` logs; it selects
+    on OOD itself, so it is a diagnostic of what the paper may have reported, never a default.
+    """
     validated = [h for h in history if pe in h.get("val", {})]
-    return validated[-1] if rule == "last" else max(validated, key=lambda h: h["val"][pe]["id_acc"])  # first max
+    if rule not in SELECT_RULES or not validated:
+        raise ValueError(f"rule must be one of {SELECT_RULES} and row {pe!r} validated at least once, got {rule!r}")
+    if rule == "last":
+        return validated[-1]
+    key, sign = {"best_val_id": ("id_acc", 1), "min_val_loss": ("val_loss", -1),
+                 "best_val_id_x4": ("id_acc_x4free", 1), "best_val_ood": ("ood_acc", 1)}[rule]
+    return max(validated, key=lambda h: sign * h["val"][pe][key])  # max returns the first maximum
 
 
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
@@ -458,8 +485,8 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
 
     Cross-entropy on every token after the given prefix; ``posgen_optimizer``; batches from a seeded generator
     checkpointed with the model, optimizer, schedule and dropout RNG. Every ``val_every`` epochs (and the last)
-    the val split is scored under the evaluation table of every row sharing this run, and a row's best-val-ID
-    weights are kept (``best-<row>.pt``), so both selection rules read one run (``test_selected``).
+    the val and test splits are scored under the evaluation table of every row sharing this run (the curves,
+    ``_validate_rows``), and a row's best-val-ID weights are kept (``best-<row>.pt``) beside the last ones.
     ``stop_after``: at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s",
     "history"}: rows {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: accuracies}.
     """
@@ -486,7 +513,7 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
             loss_sum += posgen_step(fwd, opt, sched, x[idx], y[idx], preset.precision)
         row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
         if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"] = _validate_rows(net, tables, train_pe, data["val"], preset, dev)
+            row["val"] = _validate_rows(net, tables, train_pe, data, preset, dev)
         row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
         state["history"].append(row)
         state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
@@ -518,9 +545,9 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
                                 "directory and the row as --pe)")
     state = load_checkpoint(path)
     meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["harness"]["protocol"])
-    if (pe or meta["pe"]) not in rows or select not in SELECT_RULES:
+    if (pe or meta["pe"]) not in rows or select not in KEPT_RULES:
         raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, and select one of "
-                         f"{SELECT_RULES}, got {pe!r}, {select!r}")
+                         f"{KEPT_RULES} (the rules whose weights a run keeps), got {pe!r}, {select!r}")
     if select == "best_val_id":
         best = path.parent / f"best-{pe or meta['pe']}.pt"
         if not best.exists():  # written at the first validation
@@ -533,19 +560,13 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
     return net.eval(), state
 
 
-def test_selected(path: str | Path, pe: str, device: str = "cpu") -> dict:
-    """The test split scored for each selection rule, with the weights the rule selects (``best-<pe>.pt`` or the
-    last ``ckpt.pt``) under row ``pe``'s table: {rule: {"epoch", "loss", "id_acc", "ood_acc", "per_position"}}.
-    Rules selecting the same epoch select the same weights, which are scored once."""
-    out, dev = {}, torch.device(device)
+def test_by_rule(history: list[dict], pe: str) -> dict:
+    """Row ``pe``'s test numbers at the epoch each selection rule picks, read from its curves:
+    {rule: {"epoch", "loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free"}}."""
+    out = {}
     for rule in SELECT_RULES:
-        net, state = load_posgen_checkpoint(path, pe, rule)
-        if same := [r for r in out.values() if r["epoch"] == state["epoch"]]:
-            out[rule] = same[0]
-            continue
-        meta = state["meta"]
-        p = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])})
-        out[rule] = {"epoch": state["epoch"], **evaluate_posgen(net.to(dev), posgen_data(meta)["test"], p, dev)}
+        h = select_epoch(history, pe, rule)
+        out[rule] = {"epoch": h["epoch"]} | {key: h["val"][pe][f"test_{key}"] for key in CURVE_KEYS}
     return out
 
 
@@ -554,8 +575,8 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
     """Train (or resume, or reuse) the run of one row and report its test accuracy at the epoch each rule selects.
 
     A finished row's ``result.json`` is reused when its settings match. Returns {"task", "pe", "seed", "harness",
-    "preset", "by_select": {rule: the test's {"epoch", "loss", "id_acc", "ood_acc", "per_position"}}, "epoch",
-    "id_acc", "ood_acc", "per_position" (those of ``harness.select``), "trained_as", "train_s", "history"}. A row
+    "preset", "by_select": ``test_by_rule``, "epoch", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free" (those of
+    ``harness.select``), "trained_as", "train_s", "history" (this row's curves, one entry per epoch)}. A row
     sharing another row's training has "trained_as" set to that row and train_s = 0: the time is counted once,
     on the row that owns it.
     """
@@ -569,24 +590,33 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
                    for h in state["history"]]  # this row's validation numbers only
         result = {"meta": meta, "task": task, "pe": pe, "seed": seed, "preset": preset.name, "trained_as": trained_as,
                   "train_s": state["elapsed_s"] if trained_as == pe else 0.0, "history": history,
-                  "by_select": test_selected(run_dir(runs_root, preset, harness, task, trained_as, seed), pe, device)}
+                  "by_select": test_by_rule(state["history"], pe)}
         write_json(result_path, result)
     chosen = result["by_select"][harness.select]
-    return result | {"harness": dataclasses.asdict(harness), "epoch": chosen["epoch"], "id_acc": chosen["id_acc"],
-                     "ood_acc": chosen["ood_acc"], "per_position": chosen["per_position"]}
+    return result | {"harness": dataclasses.asdict(harness)} | {k: chosen[k] for k in ("epoch", "id_acc", "ood_acc",
+                                                                                       "x4_acc", "id_acc_x4free")}
 
 
 def cmd_posgen(args: argparse.Namespace) -> int:
-    r = run_posgen(args.task, args.pe, args.seed, args.preset, harness_from_args(args), args.runs_dir, args.device)
+    r = run_posgen(args.task, args.pe, args.seed, preset_from_args(args), harness_from_args(args), args.runs_dir,
+                   args.device)
     print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']} preset, harness {r['harness']}): epoch {r['epoch']}"
           f"  ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  training {fmt_s(r['train_s'])}")
     return 0
 
 
+def add_preset_args(p: argparse.ArgumentParser) -> None:
+    """A preset, and the preset fields that can be changed on their own (``preset_from_args``)."""
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
+    p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the preset's; the paper "
+                   "says 2, the authors' released t5-small config builds 6)")
+    p.add_argument("--precision", choices=PRECISIONS, help="CUDA matmuls (default: the preset's; CPU: always fp32)")
+
+
 def add_posgen_args(p: argparse.ArgumentParser) -> None:
     """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
     a protocol, then any harness field switched on its own."""
-    p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
+    add_preset_args(p)
     p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
                    "(default %(default)s)")
     for f in dataclasses.fields(Harness)[1:]:
@@ -596,6 +626,16 @@ def add_posgen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
                    "(default %(default)s)")
     p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The named preset with ``--n-layer`` / ``--precision`` replaced; a changed preset is named for it
+    ("cot+n_layer=6"), so its runs get their own directories and results files."""
+    given = {k: v for k in ("n_layer", "precision") if (v := getattr(args, k, None)) is not None}
+    preset = PRESETS[args.preset]
+    changed = {k: v for k, v in given.items() if getattr(preset, k) != v}
+    name = preset.name + "".join(f"+{k}={v}" for k, v in changed.items())
+    return dataclasses.replace(preset, name=name, **changed)
 
 
 def harness_from_args(args: argparse.Namespace) -> Harness:

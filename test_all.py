@@ -438,8 +438,8 @@ def test_table1_code_protocol_trains_unscaled_and_evaluates_scaled(tmp_path, mon
         train_pe, eval_pe = finetune.posgen_pes("res_yarn", protocol, 16, 32)
         r = finetune.run_posgen("cot", "res_yarn", 7, TINY_PRESET, protocol, tmp_path)
         assert 0 <= r["ood_acc"] <= 1 and len(r["history"]) == 3 and all("val_loss" in h for h in r["history"])
-        # Each validation scores val under the table of every row sharing this run (code: Res. RoPE too); the
-        # test runs once per selection rule, under this row's table.
+        # Each validation scores val and test under the table of every row sharing this run (code: Res. RoPE
+        # too): the curves; nothing is scored after training.
         sharing = finetune.pes_sharing("res_yarn", protocol)
         allowed = {finetune.posgen_pes(p, protocol, 16, 32)[1] for p in sharing}
         for training, pe, table in seen:
@@ -447,8 +447,8 @@ def test_table1_code_protocol_trains_unscaled_and_evaluates_scaled(tmp_path, mon
             theta, mscale = pe.inv_freq(64, 10000.0)
             assert torch.equal(table, resonance.rope_cos_sin(theta, torch.arange(len(table)), mscale)[0])
         assert sum(training for training, _, _ in seen) == 3 * 3  # 3 epochs × 96/32 batches
-        assert sum(not training for training, _, _ in seen) == 3 * len(sharing) + 2  # one batch each
-        assert sum(pe == eval_pe and not training for training, pe, _ in seen) == 3 + 2  # of them, this row's
+        assert sum(not training for training, _, _ in seen) == 3 * len(sharing) * 2  # one batch each
+        assert sum(pe == eval_pe and not training for training, pe, _ in seen) == 3 * 2  # of them, this row's
         assert (train_pe == eval_pe) == (protocol == "paper") == (train_pe.method == "yarn")
 def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_epoch(tmp_path, capsys):
     rope = finetune.run_posgen("recursive", "rope", 7, TINY_PRESET, "code", tmp_path)
@@ -473,8 +473,8 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
             net, _ = finetune.load_posgen_checkpoint(again, r["pe"], "last")
             test = finetune.evaluate_posgen(net, seqs, TINY_PRESET)
             for rule in (rule for rule in finetune.SELECT_RULES if r["by_select"][rule]["epoch"] == epoch):
-                assert r["by_select"][rule] == {"epoch": epoch, **test}
-    for select in finetune.SELECT_RULES:  # the kept checkpoints give the numbers each rule reports
+                assert r["by_select"][rule] == {"epoch": epoch} | {k: test[k] for k in finetune.CURVE_KEYS}
+    for select in finetune.KEPT_RULES:  # the kept checkpoints give the numbers their rules report
         net, state = finetune.load_posgen_checkpoint(dirs["rope"], "yarn", select)  # RoPE weights, YaRN's table
         assert net.config.pe == finetune.posgen_pes("yarn", "code", 16, 32)[1]
         assert state["epoch"] == yarn["by_select"][select]["epoch"]
