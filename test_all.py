@@ -269,6 +269,33 @@ def test_posgen_dependencies_paper_setting():
     cases = [("recursive", 11), ("cot", 11), *(("semirecursive", l) for l in (4, 5, 6, 11))]
     assert [posgen.dependencies(task, l) for task, l in cases] == [(7, 8, 9, 10), (0, 8, 9, 10), (0, 1, 2, 3),
                                                                     (0, 2, 3, 4), (1, 3, 4, 5), (3, 8, 9, 10)]
+@pytest.mark.parametrize("task,j,k,modulus", [(t, *s) for t in posgen.TASKS for s in ((1, 3, 17), (1, 3, 5), (2, 2, 11),
+                                                                                      (1, 1, 7), (3, 2, 101))])
+def test_posgen_shortcut_identity_holds_exactly_where_shortcut_position_says(task, j, k, modulus):
+    seqs = posgen.generate(task, np.random.default_rng(5).integers(0, modulus, (200, j + k)), 100, j, k, modulus)
+    def holds(l: int, m: int) -> bool:  # x_l = 2·x_{l-1} - x_m (mod p) in every sequence
+        return bool(((2 * seqs[:, l - 1] - seqs[:, m]) % modulus == seqs[:, l]).all())
+    at = {l: posgen.shortcut_position(task, l, j, k) for l in range(j + k, 100)}
+    assert at[j + k] is None  # the first generated token: no shortcut
+    for l, m in at.items():
+        if m is not None:
+            assert holds(l, m)
+        if m is None and modulus >= 17:  # and fails elsewhere (small moduli make some sequences repeat by chance)
+            assert not any(holds(l, c) for c in (l - j - k - 1, l - k - 1) if c >= 0)
+    held = [l for l, m in at.items() if m is not None]
+    if task == "semirecursive":  # only where the far pointer p = ⌊(l-j-k)/2⌋ stays: every second position
+        assert held == [l for l in range(j + k + 1, 100) if (l - j - k) // 2 == (l - 1 - j - k) // 2]
+    else:  # Recursive x_l = 2x_{l-1} - x_{l-j-k-1}, CoT 2x_{l-1} - x_{l-k-1}: every l >= j+k+1
+        assert [at[l] for l in held] == [l - (j + k + 1 if task == "recursive" else k + 1) for l in range(j + k + 1,
+                                                                                                           100)]
+    w = np.arange(1, j + k + 1)  # another h (a weighted sum) has no such identity
+    other = posgen.generate(task, seqs[:, :j + k], 40, j, k, modulus, h=lambda x: (x * w).sum(axis=1) % modulus)
+    assert not ((2 * other[:, 38] - other[:, at[39] or 0]) % modulus == other[:, 39]).all()
+def test_posgen_shortcut_id_ceiling_is_98_43_percent_for_recursive_and_cot():
+    assert posgen.shortcut_id_ceiling("recursive") == posgen.shortcut_id_ceiling("cot") == pytest.approx(
+        (59 + 1 / 17) / 60) == pytest.approx(0.98431, abs=1e-5)
+    assert posgen.shortcut_id_ceiling("semirecursive") == pytest.approx((30 + 30 / 17) / 60)  # ≈ 52.9 %
+    assert posgen.shortcut_id_ceiling("cot", train_len=9, modulus=5) == pytest.approx((4 + 1 / 5) / 5)
 @pytest.mark.parametrize("task", posgen.TASKS)
 def test_posgen_splits_disjoint_shapes_deterministic(task):
     s, sets = posgen.make_splits(task), {}  # the paper's sizes: 10,000 × 64, 1,000 × 256, 1,000 × 256
@@ -391,6 +418,13 @@ def test_harness_best_val_rule_picks_the_first_maximum_per_row_and_last_the_last
         {"epoch": 5}]  # an epoch without validation is never selected
     assert [finetune.select_epoch(history, p, "best_val_id")["epoch"] for p in acc] == [2, 3]  # own table each
     assert finetune.select_epoch(history, "rope", "last")["epoch"] == 4
+    curves = {"id_acc": [.9, .98, .98, .97], "id_acc_x4free": [.9, .99, 1., 1.], "val_loss": [3., 2., 2., 4.],
+              "ood_acc": [.3, .2, .5, .5]}  # each rule's answer known: ties go to the first epoch
+    history = [{"epoch": 2 * e + 2, "val": {"rope": {k: v[e] for k, v in curves.items()}}} for e in range(4)]
+    assert {rule: finetune.select_epoch(history, "rope", rule)["epoch"] for rule in finetune.SELECT_RULES} == {
+        "best_val_id": 4, "last": 8, "min_val_loss": 4, "best_val_id_x4": 6, "best_val_ood": 6}
+    with pytest.raises(ValueError, match=r"^rule must be one of"):
+        finetune.select_epoch(history, "rope", "best")
 def test_harness_authors_schedule_cycles_beta1_and_decays_every_weight():
     net = _tiny_model()
     opt, sched = finetune.posgen_optimizer(net, TINY_PRESET, "authors", 100)
@@ -415,6 +449,12 @@ def test_harness_fields_switch_one_at_a_time_into_run_names_and_the_command_line
     assert dataclasses.replace(code, select="last").name == "code"  # the same run, read by another rule
     args = evaluate.build_parser().parse_args(["table1", "--freeze-ffn", "false", "--attention", "sdpa"])
     assert finetune.harness_from_args(args) == dataclasses.replace(code, freeze_ffn=False, attention="sdpa")
+    args = evaluate.build_parser().parse_args(["ablation", "--preset", "cot", "--n-layer", "6"])
+    assert finetune.preset_from_args(args) == dataclasses.replace(finetune.PRESETS["cot"], name="cot+n_layer=6",
+                                                                  n_layer=6)  # its own runs and results files
+    args = evaluate.build_parser().parse_args(["table1", "--preset", "paper", "--n-layer", "2", "--precision", "fp32"])
+    assert finetune.preset_from_args(args) == dataclasses.replace(finetune.PRESETS["paper"],
+                                                                  name="paper+precision=fp32", precision="fp32")
     paper = finetune.harness_from_args(evaluate.build_parser().parse_args(["table1", "--protocol", "paper"]))
     assert paper == finetune.HARNESSES["paper"] and paper.split == "disjoint" and not paper.freeze_ffn
 def test_table1_protocol_pes_match_paper_and_authors_code():
@@ -460,6 +500,9 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
     assert (yarn["trained_as"], rope["trained_as"]) == ("rope", "rope") and yarn["train_s"] == 0 < rope["train_s"]
     assert [h["loss"] for h in yarn["history"]] == [h["loss"] for h in rope["history"]]  # one training
     log = json.loads((dirs["rope"] / "log.json").read_text())["epochs"]
+    keys = {"val_loss", *finetune.CURVE_KEYS[1:], *(f"test_{k}" for k in finetune.CURVE_KEYS)}
+    assert [h["epoch"] for h in log if "val" in h] == [1, 2, 3] and all(set(h["val"][p]) == keys for h in log
+                                                                      for p in ("rope", "yarn"))  # the curves
     assert [h["val_loss"] for h in yarn["history"]] == [h["val"]["yarn"]["val_loss"] for h in log]
     for r in (rope, yarn):  # each row picks its epoch by its own table's validation ID accuracy, reports its test
         val_id = [h["val"][r["pe"]]["id_acc"] for h in log]
@@ -519,6 +562,7 @@ def test_table1_training_resume_is_bit_identical(tmp_path, capsys):
 def test_table1_accuracy_id_from_positions_j_plus_k_and_ood_from_train_len():
     r = finetune.accuracy_summary(torch.tensor([0.0, 0.0, 1.0, 0.5, 1.0, 1.0, 0.5, 0.5]), j=1, k=1, train_len=4)
     assert (r["id_acc"], r["ood_acc"], r["per_position"]) == (0.75, 0.75, [None, None, 1.0, 0.5, 1.0, 1.0, 0.5, 0.5])
+    assert (r["x4_acc"], r["id_acc_x4free"]) == (1.0, 0.5)  # x_{j+k} alone, and ID without it
     assert finetune.accuracy_summary(torch.ones(4), 1, 1, 4)["ood_acc"] is None
     # An oracle "model" that outputs the true next token except at position 10 and in the unscored prefix.
     seqs = torch.from_numpy(posgen.make_splits("cot", 0, 0, 8, 16, 32, seed=3)["test"])
@@ -529,6 +573,7 @@ def test_table1_accuracy_id_from_positions_j_plus_k_and_ood_from_train_len():
             return torch.nn.functional.one_hot(full, 18).float(), None
     r = finetune.evaluate_posgen(Oracle(), seqs, TINY_PRESET, batch_size=8)
     assert r["id_acc"] == pytest.approx(11 / 12) and r["ood_acc"] == 1.0 and r["per_position"][10] == 0.0
+    assert r["x4_acc"] == 1.0 and r["id_acc_x4free"] == pytest.approx(10 / 11)
     assert r["per_position"][:4] == [None] * 4 and r["loss"] > 0
 def test_table1_command_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=1))
@@ -554,6 +599,12 @@ def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_p
         assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "a"), "--shard", f"{i}/3", "--out",
                               str(tmp_path / f"s{i}.json")]) == 0
     shard_runs = [json.loads((tmp_path / f"s{i}.json").read_text())["runs"] for i in range(3)]
+    for r in (r for runs in shard_runs for r in runs):  # the curves: val and test at every validation (2 epochs)
+        assert r["curves"]["epoch"] == [1, 2] and len(r["curves"]) == 11
+        assert all(len(c) == 2 for c in r["curves"].values())
+        for chosen in r["by_select"].values():  # each rule's test numbers are its epoch's point on the curve
+            i = r["curves"]["epoch"].index(chosen["epoch"])
+            assert chosen == {"epoch": chosen["epoch"]} | {k: r["curves"][f"test_{k}"][i] for k in list(chosen)[1:]}
     cells = {(r["task"], r["pe"], r["seed"]): r for runs in shard_runs for r in runs}
     shards = [{(r["task"], r["pe"], r["seed"]) for r in runs} for runs in shard_runs]
     grid = {("cot", pe, s) for pe in finetune.PE_NAMES for s in (7, 8)}
@@ -631,7 +682,18 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
     assert m["seeds"] == [1, 2] and m["paired"]["cot"]["res_rope-rope"]["diff"] == pytest.approx([10, 10])
     assert m["device"] == "cpu (x86_64), NVIDIA H200" and [p["jobs"] for p in m["merged_from"]] == [2, 5]
     assert "Merged 2 files (a.json: cpu (x86_64), 2 run(s) at a time; b.json: NVIDIA H200" in capsys.readouterr().out
+    rules = {rule: {"epoch": 2 * i + 2, "id_acc": .98, "ood_acc": i / 10, "x4_acc": .1, "id_acc_x4free": .99}
+             for i, rule in enumerate(finetune.SELECT_RULES)}  # a file with curves: any rule, read, not retrained
+    c = json.loads(Path(a).read_text())
+    (tmp_path / "c.json").write_text(json.dumps(c | {"runs": [r | {"by_select": rules} for r in c["runs"]]}))
+    assert evaluate.main(["table1", "--merge", str(tmp_path / "c.json"), "--select", "min_val_loss", "--every-rule",
+                          "--out", str(out)]) == 0
+    m = json.loads(out.read_text())
+    assert m["harness"]["select"] == "min_val_loss" and set(m["by_rule"]) == set(finetune.SELECT_RULES)
+    assert all((r["epoch"], r["ood_acc"]) == (6, .2) for r in m["runs"]) and m["table"]["cot"]["rope"]["ood_mean"] == 20
+    assert capsys.readouterr().out.count("\nSelection rule ") == 5
     for argv, says in (([a, a], "repeats cot rope seed 2"), ([a, "--preset", "long"], "is of preset quick"),
+                       ([a, "--select", "best_val_ood"], "hold no test at that rule's epoch"),
                        ([a, "--seeds", "1"], "give no --shard"), ([str(tmp_path)], "is a directory")):
         assert evaluate.main(["table1", "--out", str(out), "--merge", *argv]) == 2
         assert says in capsys.readouterr().err
@@ -648,6 +710,10 @@ def test_table1_summary_variance_and_comparability():
     assert "| Res. RoPE | 90.00 (50.00) † | 75.25 (0.10) |" in lines and lines[-1].startswith("† ID < 95 %")
     assert "| RoPE | 60.00 ± 14.14 (98.00) | 69.56 (0.33) |" in lines and "| YaRN | not run | 98.71 (0.00) |" in lines
     assert s["cot"]["rope"]["ood"] == pytest.approx([50, 70]) and s["cot"]["rope"]["seeds"] == [1, 2]
+    s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": 1, "id_acc": i, "ood_acc": .5, "id_acc_x4free": f}
+                                 for pe, i, f in (("rope", .96, .94), ("yarn", .94, .96))])  # learned: without x_4
+    assert not s["cot"]["rope"]["comparable"] and s["cot"]["yarn"]["comparable"]
+    assert "| YaRN | 50.00 (94.00; 96.00) | 98.71 (0.00) |" in evaluate.format_table1(s).splitlines()
 def _table1_json(ood: dict, ids: dict, seeds: tuple) -> dict:
     """A results JSON as cmd_table1 writes it, for the quick preset: Recursive, OOD and ID (%) per PE and seed."""
     runs = [{"task": "recursive", "pe": pe, "seed": s, "id_acc": ids.get(pe, 99) / 100, "ood_acc": o[i] / 100}
@@ -1298,6 +1364,7 @@ BAD_INPUT = [(f"{fn.__name__}-{p}={v!r}", lambda fn=fn, kw={**{q: GOOD[q] for q 
         (lambda: finetune.Harness(split="random"), "^split.*'random'"),
         (lambda: finetune.Harness(freeze_ffn=1), "^freeze_ffn.*got 1"), (lambda: SPLITS("cot", split="x"), "^split"),
         (lambda: SPLITS("cot", modulus=3, split="authors"), "^split.*j\\+k <= modulus"),
+        (lambda: posgen.shortcut_id_ceiling("cot", train_len=4), "^train_len must be > j\\+k"),
         (lambda: model.TinyConfig(attention="alibi"), "^attention"),
         (lambda: finetune.posgen_pes("xpos"), "^pe.*'xpos'"), (lambda: model.TinyConfig(dropout=1.0), "dropout"),
         (lambda: model.TinyConfig(d_model=100, n_head=3), "^d_model"),
@@ -1388,6 +1455,8 @@ finetune.py export {tiny} --pe res_dynamic_ntk:2 --hf {d}/out => res_dynamic_ntk
 finetune.py export {tiny} --pe dynamic_ntk:2 --gguf {d}/o.gguf => llama.cpp has no length-dependent RoPE
 finetune.py export {tiny} --gguf {d}/o.gguf --dtype q4 => invalid choice: 'q4'
 evaluate.py passkey --trials 0 => argument --trials: must be in [1, inf], got 0
+evaluate.py table1 --n-layer 0 => argument --n-layer: must be in [1, 64], got 0
+evaluate.py ablation --precision fp16 => argument --precision: invalid choice: 'fp16'
 evaluate.py passkey --trials -1 => argument --trials: must be in [1, inf], got -1
 evaluate.py passkey --new-tokens 0 => argument --new-tokens: must be in [1, inf], got 0
 evaluate.py passkey --out {d}/dir => is a directory, not a file
