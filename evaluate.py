@@ -663,8 +663,9 @@ BUDGET_SAME = ("name", "epochs", "tasks", "seeds")  # preset fields a budget may
 
 def budget_rows(paths: list[str | Path]) -> list[dict]:
     """Per (training epochs, task, pair): the full harness's paired Res. − base OOD differences per seed, mean ±
-    std, the standard error and whether |mean| > 2 SE, both rows' mean ID accuracy and the paper's difference,
-    from ablation results files of one model (presets that differ only in epochs), ordered by epochs."""
+    std, the standard error and whether |mean| > 2 SE, both rows' mean OOD and ID accuracy, whether both rows
+    learned the rule ("comparable"), and the paper's difference, from ablation results files of one model
+    (presets that differ only in epochs), ordered by epochs."""
     rows, model = [], None
     for path in paths:
         data = model_lib.read_json(path, "an ablation results file")
@@ -680,53 +681,64 @@ def budget_rows(paths: list[str | Path]) -> list[dict]:
                 res, base = key.split("-")
                 rows.append({"epochs": data["preset_config"]["epochs"], "task": task, "pair": key, **d,
                              "se": d["std"] / len(d["diff"]) ** 0.5, "id_res": summary[task][res]["id_mean"],
-                             "id_base": summary[task][base]["id_mean"],
+                             "id_base": summary[task][base]["id_mean"], "ood_res": summary[task][res]["ood_mean"],
+                             "ood_base": summary[task][base]["ood_mean"],
                              "paper": PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]})
                 rows[-1]["separated"] = len(d["diff"]) > 1 and abs(d["mean"]) > 2 * rows[-1]["se"]
     return sorted(rows, key=lambda r: (r["epochs"], list(TABLE1_TASKS).index(r["task"]), r["pair"]))
 
 
 def format_budget(rows: list[dict]) -> str:
-    """The budget table: one line per (task, pair, epochs)."""
+    """The budget table: one line per (task, pair, epochs); "n/c" where a row's mean ID is under 95 % (not
+    comparable: the rule was not learned, so the difference does not measure the PE)."""
     lines = ["| task | pair | epochs | per seed | mean ± std | > 2 SE | ID (Res., base) | paper |", "|---" * 8 + "|"]
     for r in sorted(rows, key=lambda r: (list(TABLE1_TASKS).index(r["task"]), r["pair"], r["epochs"])):
         res, base = (TABLE1_PES[p] for p in r["pair"].split("-"))
         per_seed = ", ".join(f"{x:+.2f}" for x in r["diff"]) + f" (seeds {', '.join(map(str, r['seeds']))})"
         lines.append(f"| {TABLE1_TASKS[r['task']]} | {res} − {base} | {r['epochs']} | {per_seed} | {r['mean']:+.2f} ± "
-                     f"{r['std']:.2f} | {'yes' if r['separated'] else 'no'} | {r['id_res']:.2f}, {r['id_base']:.2f} | "
+                     f"{r['std']:.2f} | {'yes' if r['separated'] else 'no'}{'' if r['comparable'] else ' (n/c)'} | "
+                     f"{r['id_res']:.2f}, {r['id_base']:.2f} | "
                      f"{r['paper']:+.2f} |")
     return "\n".join(lines)
 
 
 def plot_budget(rows: list[dict], path: str | Path) -> None:
-    """Per task: the paired OOD differences against training epochs (seeds as points, mean ± std as a line and
-    band, the paper's difference dashed), and beneath, the mean ID accuracy of the two rows of each pair."""
+    """Per task, against training epochs (log axis): the paired OOD differences (seeds as points, mean ± std as a
+    line and band, the paper's difference dashed; a hollow mean where a row is under 95 % ID), beneath them the
+    OOD levels of both rows of each pair, and the mean ID accuracy of the two."""
     plt, tasks = _pyplot(), [t for t in TABLE1_TASKS if any(r["task"] == t for r in rows)]
-    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 6), squeeze=False, sharex=True,
-                             gridspec_kw={"height_ratios": [3, 1]})
+    fig, axes = plt.subplots(3, len(tasks), figsize=(5 * len(tasks), 8), squeeze=False, sharex=True,
+                             gridspec_kw={"height_ratios": [3, 2, 1]})
     for col, task in enumerate(tasks):
-        top, bottom = axes[0][col], axes[1][col]
+        top, mid, bottom = axes[0][col], axes[1][col], axes[2][col]
         for color, pair in enumerate(("res_rope-rope", "res_yarn-yarn")):
             rs = [r for r in rows if (r["task"], r["pair"]) == (task, pair)]
             if not rs:
                 continue
             x, mean, std = (np.array([r[k] for r in rs]) for k in ("epochs", "mean", "std"))
-            label = " − ".join(TABLE1_PES[p] for p in pair.split("-"))
-            top.plot(x, mean, color=f"C{color}", marker="o", label=label)
+            res, base = (TABLE1_PES[p] for p in pair.split("-"))
+            top.plot(x, mean, color=f"C{color}", label=f"{res} − {base}")
+            learned = np.array([r["comparable"] for r in rs])
+            top.scatter(x[learned], mean[learned], color=f"C{color}", zorder=3)
+            top.scatter(x[~learned], mean[~learned], facecolors="white", edgecolors=f"C{color}", zorder=3, s=40)
             top.fill_between(x, mean - std, mean + std, color=f"C{color}", alpha=0.2)
             top.scatter([e for r in rs for e in [r["epochs"]] * len(r["diff"])], [d for r in rs for d in r["diff"]],
                         color=f"C{color}", s=12, alpha=0.6)
-            top.axhline(rs[0]["paper"], color=f"C{color}", linestyle="--", linewidth=1, label=f"paper {label}")
+            top.axhline(rs[0]["paper"], color=f"C{color}", linestyle="--", linewidth=1, label=f"paper {res} − {base}")
+            mid.plot(x, [r["ood_res"] for r in rs], color=f"C{color}", marker="o", linestyle="--", label=res)
+            mid.plot(x, [r["ood_base"] for r in rs], color=f"C{color}", marker="o", label=base)
             bottom.plot(x, [(r["id_res"] + r["id_base"]) / 2 for r in rs], color=f"C{color}", marker="o")
         top.axhline(0, color="black", linewidth=0.5)
         top.set(title=TABLE1_TASKS[task], ylabel="Res. − base OOD (points)")
+        mid.set(ylabel="OOD (%), mean")
         bottom.axhline(100 * ft.LEARNED_ID_ACC, color="gray", linestyle=":", linewidth=1)
-        bottom.set(xlabel="training epochs", ylabel="mean ID (%)", xscale="log")
+        bottom.set(xlabel="training epochs (log scale)", ylabel="mean ID (%)", xscale="log")
         bottom.set_xticks(sorted({r["epochs"] for r in rows}), labels=sorted({r["epochs"] for r in rows}))
         bottom.minorticks_off()
         top.legend(fontsize=7)
-    fig.suptitle("Table 1 against training budget: the authors' harness, quick's model (points: seeds; band: ± std)",
-                 fontsize=10)
+        mid.legend(fontsize=7, ncol=2)
+    fig.suptitle("Table 1 against training budget: the authors' harness, quick's model (points: seeds; band: ± std; "
+                 "hollow: a row under 95 % ID)", fontsize=10)
     _save(fig, path)
 
 
