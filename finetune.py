@@ -479,6 +479,73 @@ def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
     return max(validated, key=lambda h: sign * h["val"][pe][key])  # max returns the first maximum
 
 
+@dataclasses.dataclass
+class PosgenRun:
+    """One training run of one (task, PE, seed), as ``open_run`` builds (and resumes) it: what it trains and with
+    what, and ``state`` = {"epoch", "elapsed_s", "history", "rng_data", …}, the checkpoint's bookkeeping."""
+
+    meta: dict
+    out: Path                     # its run directory
+    preset: Preset
+    net: model_lib.TinyTransformer
+    train_pe: PE
+    tables: dict[str, PE]         # every row sharing the run → its evaluation table
+    data: dict[str, np.ndarray]
+    x: torch.Tensor               # the training inputs and targets (lm_batch), on the device
+    y: torch.Tensor
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator          # the data order
+    state: dict
+
+
+def open_run(task: str, pe: str, seed: int, preset: str | Preset, harness: str | Harness, runs_root: str | Path,
+             device: str) -> PosgenRun:
+    """Build the run of one (task, PE, seed) — model initialised after ``torch.manual_seed(seed)``, data,
+    ``posgen_optimizer``, a data-order generator seeded with the seed — and resume it from its checkpoint."""
+    (preset, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
+    sharing = pes_sharing(pe, harness.protocol)
+    meta = run_meta(task, sharing[0], seed, preset, harness)
+    torch.manual_seed(seed)
+    (net, train_pe), data = posgen_model(meta), posgen_data(meta)
+    tables = {p: posgen_pes(p, harness.protocol, preset.train_len, preset.test_len)[1] for p in sharing}
+    steps = math.ceil(preset.n_train / preset.batch_size)
+    opt, sched = posgen_optimizer(net.to(dev), preset, harness.schedule, steps * preset.epochs)
+    out, gen = run_dir(runs_root, preset, harness, task, sharing[0], seed), torch.Generator().manual_seed(seed)
+    state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
+    if "rng_data" in state:
+        gen.set_state(state["rng_data"])
+    x, y = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus, preset.j + preset.k))
+    return PosgenRun(meta, out, preset, net, train_pe, tables, data, x, y, opt, sched, gen, state)
+
+
+def end_epoch(run: PosgenRun, epoch: int, loss: float, seconds: float, **extra) -> dict:
+    """Close epoch ``epoch`` (0-based) of a run, whichever loop trained it: validate (every ``val_every`` epochs
+    and the last: the curves), keep each row's new best (``best-<row>.pt``), checkpoint (with ``extra``), log."""
+    p, dev = run.preset, run.x.device
+    row = {"epoch": epoch + 1, "loss": loss, "lr": run.sched.get_last_lr()[0]}
+    if (epoch + 1) % p.val_every == 0 or epoch + 1 == p.epochs:
+        row["val"] = _validate_rows(run.net, run.tables, run.train_pe, run.data, p, dev)
+    row["elapsed_s"] = run.state["elapsed_s"] + seconds
+    run.state["history"].append(row)
+    run.state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=run.gen.get_state(), **extra)
+    best = {"meta": run.meta, "epoch": epoch + 1, "model": run.net.state_dict()}
+    for pe in run.tables if "val" in row else ():  # a new best: the first epoch reaching the best val ID accuracy
+        if select_epoch(run.state["history"], pe, "best_val_id") is row:
+            atomic_write(run.out / f"best-{pe}.pt", lambda f, best=best: torch.save(best, f))
+    save_training(run.out / "ckpt.pt", run.meta, run.net, run.opt, run.sched,
+                  **{k: run.state[k] for k in ("epoch", "elapsed_s", "history", "rng_data", *extra)})
+    write_json(run.out / "log.json", {"meta": run.meta, "epochs": run.state["history"]})
+    return row
+
+
+def _progress_line(run: PosgenRun, row: dict) -> str:
+    m, val = run.meta, "".join(f"  {p}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
+                               for p, v in row.get("val", {}).items())
+    return (f"{m['task']}/{m['pe']}/seed{m['seed']} epoch {row['epoch']}/{run.preset.epochs}  loss {row['loss']:.3f}"
+            + val)
+
+
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
                  runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None) -> dict:
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
@@ -490,45 +557,18 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
     ``stop_after``: at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s",
     "history"}: rows {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: accuracies}.
     """
-    (preset, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
-    sharing = pes_sharing(pe, harness.protocol)
-    meta, out = run_meta(task, sharing[0], seed, preset, harness), run_dir(runs_root, preset, harness, task, sharing[0],
-                                                                          seed)
-    torch.manual_seed(seed)
-    (net, train_pe), data = posgen_model(meta), posgen_data(meta)
-    tables = {p: posgen_pes(p, harness.protocol, preset.train_len, preset.test_len)[1] for p in sharing}
-    steps = math.ceil(preset.n_train / preset.batch_size)
-    opt, sched = posgen_optimizer(net.to(dev), preset, harness.schedule, steps * preset.epochs)
-    gen = torch.Generator().manual_seed(seed)
-    state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
-    if "rng_data" in state:
-        gen.set_state(state["rng_data"])
-    x, y = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus, preset.j + preset.k))
-    fwd = torch.compile(net) if preset.compile and dev.type == "cuda" else net
-    t_call, first = time.perf_counter(), state["epoch"]
-    for epoch in range(first, preset.epochs if stop_after is None else min(preset.epochs, first + stop_after)):
-        t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(x), generator=gen).to(dev), 0.0
+    run = open_run(task, pe, seed, preset, harness, runs_root, device)
+    p, net = run.preset, run.net
+    fwd = torch.compile(net) if p.compile and run.x.device.type == "cuda" else net
+    t_call, first, steps = time.perf_counter(), run.state["epoch"], math.ceil(p.n_train / p.batch_size)
+    for epoch in range(first, p.epochs if stop_after is None else min(p.epochs, first + stop_after)):
+        t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(run.x), generator=run.gen).to(run.x.device), 0.0
         net.train()
-        for idx in perm.split(preset.batch_size):
-            loss_sum += posgen_step(fwd, opt, sched, x[idx], y[idx], preset.precision)
-        row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0]}
-        if (epoch + 1) % preset.val_every == 0 or epoch + 1 == preset.epochs:
-            row["val"] = _validate_rows(net, tables, train_pe, data, preset, dev)
-        row["elapsed_s"] = state["elapsed_s"] + time.perf_counter() - t0
-        state["history"].append(row)
-        state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
-        best = {"meta": meta, "epoch": epoch + 1, "model": net.state_dict()}
-        for p in tables if "val" in row else ():  # a new best: the first epoch reaching the best val ID accuracy
-            if select_epoch(state["history"], p, "best_val_id") is row:
-                atomic_write(out / f"best-{p}.pt", lambda f, best=best: torch.save(best, f))
-        save_training(out / "ckpt.pt", meta, net, opt, sched, epoch=state["epoch"], elapsed_s=state["elapsed_s"],
-                      history=state["history"], rng_data=state["rng_data"])
-        write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
-        val = "".join(f"  {p}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
-                      for p, v in row.get("val", {}).items())
-        progress(f"{task}/{sharing[0]}/seed{seed} epoch {epoch + 1}/{preset.epochs}  loss {row['loss']:.3f}{val}",
-                 epoch + 1 - first, preset.epochs - first, time.perf_counter() - t_call)
-    return state
+        for idx in perm.split(p.batch_size):
+            loss_sum += posgen_step(fwd, run.opt, run.sched, run.x[idx], run.y[idx], p.precision)
+        row = end_epoch(run, epoch, float(loss_sum) / steps, time.perf_counter() - t0)
+        progress(_progress_line(run, row), epoch + 1 - first, p.epochs - first, time.perf_counter() - t_call)
+    return run.state
 
 
 def _pct(x: float | None) -> str:

@@ -358,8 +358,12 @@ def test_tiny_model_shapes_causal_plain_dropout_and_tables_not_in_state_dict():
     with pytest.raises(ValueError, match="max_len"):
         net(torch.zeros(1, 33, dtype=torch.long))
     drop = _tiny_model(dropout=0.1)
-    assert {type(m) for m in drop.modules() if "Drop" in type(m).__name__} == {torch.nn.Dropout}
     assert not torch.equal(drop(idx)[0], drop(idx)[0]) and torch.equal(drop.eval()(idx)[0], drop(idx)[0])
+    noise = torch.rand(drop.train().noise_numel(2, 20), generator=_gen(1))  # masks cut from given noise instead
+    assert torch.equal(drop(idx, noise=noise)[0], drop(idx, noise=noise)[0])
+    assert not torch.equal(drop(idx, noise=noise)[0], drop(idx, noise=noise.roll(1))[0])
+    with pytest.raises(RuntimeError):  # a forward takes exactly noise_numel numbers
+        drop(idx, noise=noise[:-1])
 def test_tiny_set_pe_swaps_tables_in_place_to_resonance_py_values():
     net, yarn = _tiny_model(), PE("yarn", 4.0, True, 16, ramp="index")
     ptr, _ = net.rope_cos.data_ptr(), net.set_pe(yarn)
@@ -383,15 +387,19 @@ def test_harness_tied_head_is_the_embedding_on_the_scaled_state_and_t5_attention
     cfg = model.TinyConfig(d_model=64, n_head=1, d_ff=64, max_len=32, dropout=0.0, tie_head=True, attention="t5")
     net, idx = model.TinyTransformer(cfg), torch.randint(0, 18, (2, 20))
     assert net.head.weight is net.tok_emb.weight and len(net.state_dict()) == len(list(net.parameters())) + 1
-    x = net.tok_emb(idx)
+    x, off = net.tok_emb(idx), model.DropoutStream(0.1, training=False)
     for block in net.blocks:
-        x = block(x, net.rope_cos[:20], net.rope_sin[:20])
+        x = block(x, net.rope_cos[:20], net.rope_sin[:20], off)
     assert torch.allclose(net(idx)[0], net.norm(x) * 64**-0.5 @ net.tok_emb.weight.T, atol=1e-5)
     attn, h = net.blocks[0].attn, torch.randn(1, 5, 64)  # T5: softmax(q·k) unscaled = SDPA on √d·q
     q, k, v = (resonance.apply_rope(t, net.rope_cos[:5], net.rope_sin[:5]) if i < 2 else t
                for i, t in enumerate((h @ attn.qkv.weight.T).view(1, 5, 3, 1, 64).permute(2, 0, 3, 1, 4)))
     want = torch.nn.functional.scaled_dot_product_attention(q * 8, k, v, is_causal=True).transpose(1, 2)
-    assert torch.allclose(attn(h, net.rope_cos[:5], net.rope_sin[:5]), attn.proj(want.reshape(1, 5, 64)), atol=1e-5)
+    cos, sin = net.rope_cos[:5], net.rope_sin[:5]
+    assert torch.allclose(attn(h, cos, sin, off), attn.proj(want.reshape(1, 5, 64)), atol=1e-5)
+    keep_all = model.DropoutStream(0.5, training=True, noise=torch.ones(1000))  # attention written out, nothing
+    assert torch.allclose(attn(h, cos, sin, keep_all), 4 * attn(h, cos, sin, off), atol=1e-5)  # dropped, two
+    # sites each scaled by 1/(1 - p) = 2
 def test_harness_t5_init_standard_deviations_are_mesh_tf():
     torch.manual_seed(0)
     net, d, d_ff = model.TinyTransformer(model.TinyConfig(tie_head=True, attention="t5")), 512, 2048  # T5-small
