@@ -431,20 +431,25 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
-def training_units(tasks, pes, seeds, protocol: str) -> list[list[tuple[str, str, int]]]:
+def training_units(tasks, pes, seeds, protocol: str, together: bool = False) -> list[list[tuple[str, str, int]]]:
     """The grid's (task, PE, seed) cells grouped by the training run they share (under ``code`` a YaRN row is its
-    RoPE row's run), in grid order: the unit of work a shard or a job takes."""
+    RoPE row's run), or with ``together`` by the (task, training run) whose seeds train at once; in grid order:
+    the unit of work a shard or a job takes."""
     units: dict[tuple, list] = {}
     for cell in ((t, pe, s) for t in tasks for pe in pes for s in seeds):
-        units.setdefault((cell[0], ft.training_run_pe(cell[1], protocol), cell[2]), []).append(cell)
+        units.setdefault((cell[0], ft.training_run_pe(cell[1], protocol), None if together else cell[2]), []).append(
+            cell)
     return list(units.values())
 
 
 def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, device: str) -> list[dict]:
-    """Train (or reuse) one training run and report each of its cells as the compact rows the results JSON keeps:
-    the reported accuracies, every selection rule's, timing, and the curves (val and test at every validation:
-    ``curves`` = {"epoch": [...], "val_loss": [...], "test_ood_acc": [...], ...})."""
-    rows, keys = [], ("epoch", *ft.CURVE_KEYS[1:])
+    """Train (or reuse) one unit's training runs — a unit of several seeds trains them at once
+    (``ft.train_posgen_seeds``) — and report each cell as the compact rows the results JSON keeps: the reported
+    accuracies, every selection rule's, timing, and the curves (val and test at every validation: ``curves`` =
+    {"epoch": [...], "val_loss": [...], "test_ood_acc": [...], ...})."""
+    rows, keys, seeds = [], ("epoch", *ft.CURVE_KEYS[1:]), list(dict.fromkeys(s for _, _, s in unit))
+    if len(seeds) > 1:
+        ft.train_posgen_seeds(unit[0][0], unit[0][1], seeds, preset, harness, runs_dir, device)
     for task, pe, seed in unit:
         r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
         validated = [h for h in r["history"] if "val_loss" in h]
@@ -473,7 +478,7 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
     """Every (task, PE, seed) cell under one harness, trained or reused, in grid order. ``args.shard`` (i, n):
     only the i-th of n disjoint shares of the training runs; ``args.jobs`` N: N runs at once, each in its own
     process (spawned, with a 1/N share of the threads) and run directory. ``on_unit(rows so far)`` after each run."""
-    units = training_units(tasks, pes, seeds, harness.protocol)
+    units = training_units(tasks, pes, seeds, harness.protocol, getattr(args, "seeds_together", False))
     i, n = getattr(args, "shard", None) or (0, 1)
     units, jobs, rows, done, t0 = units[i::n], getattr(args, "jobs", 1), {}, 0, time.perf_counter()
 
@@ -1170,6 +1175,8 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=shard, help="I/N: train only the I-th (0 … N-1) of N disjoint shares of the runs")
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
+    p.add_argument("--seeds-together", action="store_true", help="train each (task, PE)'s seeds at once in one "
+                   "process, the seeds as a batch dimension (finetune.train_posgen_seeds; default: one run each)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: combine these table1 JSONs of the "
                    "preset and harness (shards, or calls on other tasks, PEs or seeds) into --out, reported under "
                    "--select")

@@ -15,6 +15,7 @@ checkpoint and end bit-identical to an uninterrupted run on CPU. A user mistake 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -569,6 +570,117 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
         row = end_epoch(run, epoch, float(loss_sum) / steps, time.perf_counter() - t0)
         progress(_progress_line(run, row), epoch + 1 - first, p.epochs - first, time.perf_counter() - t_call)
     return run.state
+
+
+@dataclasses.dataclass
+class StackedRuns:
+    """Several seeds' runs of one (task, PE) as one batched model (``stack_runs``): every weight and Adam moment
+    stacked on a leading seed dimension, one optimizer and schedule, and each seed's dropout generator."""
+
+    runs: list[PosgenRun]
+    params: dict[str, torch.Tensor]  # name → (N, …); frozen weights get no gradient
+    buffers: dict[str, torch.Tensor]
+    losses_of: Callable             # (params, buffers, x (N, B, T), y, noise (N, n) or None) → (N,) losses
+    opt: torch.optim.AdamW
+    sched: torch.optim.lr_scheduler.LRScheduler
+    noise: list[torch.Generator]    # each seed's dropout stream (model.DropoutStream's noise)
+
+
+def stack_runs(runs: list[PosgenRun]) -> StackedRuns:
+    """Stack the runs (PyTorch's model-ensembling recipe: ``torch.func.stack_module_state``, ``functional_call``
+    on a weightless copy, ``vmap`` over the seeds), resumed where they stand."""
+    p, dev, nets = runs[0].preset, runs[0].x.device, [r.net for r in runs]
+    params, buffers = torch.func.stack_module_state(nets)
+    base = copy.deepcopy(nets[0]).to("meta")
+    if base.config.tie_head:  # .to("meta") unties the head
+        base.head.weight = base.tok_emb.weight
+    noise = [torch.Generator(dev).manual_seed(r.meta["seed"]) for r in runs]
+    for g, r in zip(noise, runs, strict=True):
+        if "rng_dropout" in r.state:
+            g.set_state(r.state["rng_dropout"])
+
+    def loss_one(w: dict, b: dict, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
+        return torch.func.functional_call(base.train(), (w, b), (x, y), {"noise": u})[1]
+
+    losses_of = torch.func.vmap(loss_one, in_dims=(0, 0, 0, 0, 0 if p.dropout else None))
+    losses_of = torch.compile(losses_of) if p.compile and dev.type == "cuda" else losses_of
+    return StackedRuns(runs, params, buffers, losses_of, *_stack_optimizer(runs, params), noise)
+
+
+def seeds_step(st: StackedRuns, idx: list[torch.Tensor]) -> torch.Tensor:
+    """One optimiser step of every seed at once on its own batch (``idx[i]``: rows of run i's training data);
+    the seeds' losses, summed for one backward, each give their own seed's gradient. Returns the (N,) losses."""
+    p, dev = st.runs[0].preset, st.runs[0].x.device
+    x, y = (torch.stack([getattr(r, k)[i] for r, i in zip(st.runs, idx, strict=True)]) for k in "xy")
+    u = torch.stack([torch.rand(st.runs[0].net.noise_numel(*x.shape[1:]), generator=g, device=dev)
+                     for g in st.noise]) if p.dropout else None
+    with _autocast(dev, p.precision):
+        losses = st.losses_of(st.params, st.buffers, x, y, u)
+    st.opt.zero_grad(set_to_none=True)
+    losses.sum().backward()
+    st.opt.step()
+    st.sched.step()
+    return losses.detach()
+
+
+def train_posgen_seeds(task: str, pe: str, seeds: list[int], preset: str | Preset = "quick",
+                       harness: str | Harness = "code", runs_root: str | Path = "runs", device: str = "cpu",
+                       stop_after: int | None = None) -> list[dict]:
+    """Train the runs of one (task, PE) for several seeds at once, in one process, the seeds as a batch dimension
+    (``stack_runs``), so one step launches the kernels of N runs once. What a run is stays per seed: its
+    initialisation, data order, dropout masks (noise from a generator of its own, ``model.DropoutStream``), and
+    its run directory, written every epoch by ``end_epoch`` as ``train_posgen`` writes it — either loop resumes
+    the other's runs. One AdamW over the stacked weights is N AdamWs (every update is elementwise). The seeds'
+    runs must stand at the same epoch. Returns each seed's state, in order."""
+    runs = [open_run(task, pe, s, preset, harness, runs_root, device) for s in seeds]
+    epochs = {s: r.state["epoch"] for s, r in zip(seeds, runs, strict=True)}
+    if len(set(epochs.values())) > 1 or len(epochs) < len(seeds):
+        raise ValueError(f"seeds must be distinct runs at the same epoch, got seed: epoch {epochs} for {seeds}")
+    st, p, dev = stack_runs(runs), runs[0].preset, runs[0].x.device
+    t_call, first, steps = time.perf_counter(), runs[0].state["epoch"], math.ceil(p.n_train / p.batch_size)
+    for epoch in range(first, p.epochs if stop_after is None else min(p.epochs, first + stop_after)):
+        t0, loss_sum = time.perf_counter(), torch.zeros(len(runs), device=dev)
+        perms = [torch.randperm(len(r.x), generator=r.gen).to(dev).split(p.batch_size) for r in runs]
+        for idx in zip(*perms, strict=True):
+            loss_sum += seeds_step(st, list(idx))
+        seconds = (time.perf_counter() - t0) / len(runs)  # each run's share of the epoch's time
+        for i, (r, g) in enumerate(zip(runs, st.noise, strict=True)):
+            _unstack_into(r, i, st.params, st.opt, st.sched)
+            row = end_epoch(r, epoch, float(loss_sum[i]) / steps, seconds, rng_dropout=g.get_state())
+            progress(_progress_line(r, row), epoch + 1 - first, p.epochs - first, time.perf_counter() - t_call)
+    return [r.state for r in runs]
+
+
+def _stack_optimizer(runs: list[PosgenRun], params: dict) -> tuple[torch.optim.AdamW, object]:
+    """One AdamW and schedule over the stacked weights, in the runs' parameter groups, each seed's Adam moments
+    (if resumed) stacked, and the schedule where the runs' stand (they stand alike)."""
+    names = {id(w): n for n, w in runs[0].net.named_parameters()}
+    opt = torch.optim.AdamW([g | {"params": [params[names[id(w)]] for w in g["params"]]}
+                             for g in runs[0].opt.param_groups])
+    for name, w in params.items():
+        if (moments := [r.opt.state.get(dict(r.net.named_parameters())[name]) for r in runs])[0]:
+            opt.state[w] = {"step": moments[0]["step"].clone()} | {k: torch.stack([m[k] for m in moments]) for k in
+                                                                   ("exp_avg", "exp_avg_sq")}
+    sched = type(runs[0].sched)(opt, runs[0].preset.lr, total_steps=runs[0].sched.total_steps)  # OneCycleLR
+    sched.load_state_dict(runs[0].sched.state_dict())
+    for stacked, mine in zip(opt.param_groups, runs[0].opt.param_groups, strict=True):  # lr, β1 where they stood
+        stacked.update({k: v for k, v in mine.items() if k != "params"})
+    return opt, sched
+
+
+@torch.no_grad()
+def _unstack_into(run: PosgenRun, i: int, params: dict, opt, sched) -> None:
+    """Seed ``i``'s slice of the stacked weights, Adam moments and schedule, copied into its own run's model,
+    optimizer and scheduler (which ``end_epoch`` validates and checkpoints)."""
+    for name, w in run.net.named_parameters():
+        w.copy_(params[name][i])
+        if params[name] in opt.state:
+            st = opt.state[params[name]]
+            run.opt.state[w] = {"step": st["step"].clone(), "exp_avg": st["exp_avg"][i].clone(),
+                                "exp_avg_sq": st["exp_avg_sq"][i].clone()}
+    for mine, stacked in zip(run.opt.param_groups, opt.param_groups, strict=True):
+        mine.update({k: v for k, v in stacked.items() if k != "params"})
+    run.sched.load_state_dict(sched.state_dict())
 
 
 def _pct(x: float | None) -> str:

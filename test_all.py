@@ -544,6 +544,32 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
         finetune.load_posgen_checkpoint(dirs["yarn"])
     # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
     assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path)["trained_as"] == "yarn"
+def test_table1_seeds_trained_together_equal_separate_runs_and_keep_their_own_dropout_checkpoint_selection(tmp_path):
+    still = dataclasses.replace(TINY_PRESET, dropout=0.0, epochs=17, val_every=17)  # 51 steps, no dropout
+    apart = [finetune.train_posgen("cot", "rope", s, still, "code", tmp_path / "a") for s in (7, 8)]
+    together = finetune.train_posgen_seeds("cot", "rope", [7, 8], still, "code", tmp_path / "b")
+    for a, b in zip(apart, together, strict=True):  # N seeds in one batched model = N separate runs
+        assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a["history"], b["history"], strict=True)) <= 1e-5
+        assert a["history"][-1]["val"]["yarn"]["test_loss"] == pytest.approx(b["history"][-1]["val"]["yarn"][
+            "test_loss"], abs=1e-5)
+    p, code = dataclasses.replace(TINY_PRESET, epochs=4, val_every=2), finetune.HARNESSES["code"]  # dropout 0.1
+    def losses(state: dict) -> list[float]:
+        return [h["loss"] for h in state["history"]]
+    a = finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "c")
+    b = finetune.train_posgen_seeds("recursive", "rope", [9, 7], p, "code", tmp_path / "d")
+    assert losses(a[0]) == losses(b[1]) and losses(a[0]) != losses(a[1])  # seed 7's masks are its own
+    finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "e", stop_after=1)
+    assert [losses(s) for s in finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "e")
+            ] == [losses(s) for s in a]  # resumed from the per-seed checkpoints: bit-identical
+    finetune.train_posgen_seeds("recursive", "rope", [7], p, "code", tmp_path / "f", stop_after=2)
+    assert losses(finetune.train_posgen("recursive", "rope", 7, p, "code", tmp_path / "f"))[:2] == losses(a[0])[:2]
+    for seed, state in zip((7, 8), a, strict=True):  # each seed selects its own epochs, from its own curves
+        for row in ("rope", "yarn"):
+            _, kept = finetune.load_posgen_checkpoint(finetune.run_dir(tmp_path / "c", p, code, "recursive", "rope",
+                                                                       seed), row, "best_val_id")
+            assert kept["epoch"] == finetune.select_epoch(state["history"], row, "best_val_id")["epoch"]
+    with pytest.raises(ValueError, match=r"^seeds must be distinct runs at the same epoch"):
+        finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "f")  # 7 done, 8 not begun
 def test_table1_training_resume_is_bit_identical(tmp_path, capsys):
     straight = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "a")
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
@@ -628,6 +654,11 @@ def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_p
     assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "b"), "--jobs", "2", "--out", str(tmp_path / "j")]) == 0
     jobs = json.loads((tmp_path / "j").read_text())["runs"]  # separate processes, fresh run directories
     assert [r | {"train_s": 0} for r in jobs] == [r | {"train_s": 0} for r in merged["runs"]]
+    assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "c"), "--seeds-together", "--out", str(tmp_path / "t")
+                          ]) == 0  # each (task, PE)'s two seeds in one batched model: the same cells and curves
+    together = json.loads((tmp_path / "t").read_text())["runs"]
+    assert sorted((r["pe"], r["seed"], list(r["curves"])) for r in together) == sorted(
+        (r["pe"], r["seed"], list(r["curves"])) for r in merged["runs"])
 def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and_paired_differences(tmp_path, capsys,
                                                                                                     monkeypatch):
     monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
