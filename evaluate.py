@@ -501,7 +501,9 @@ def reselect(runs: list[dict], rule: str) -> list[dict]:
     if missing := [f"{r['task']} {r['pe']} seed {r['seed']}" for r in runs if rule not in r.get("by_select", {})]:
         raise ValueError(f"--select {rule}: these runs hold no test at that rule's epoch (a results file from before "
                          f"the curves were recorded?): {', '.join(missing[:3])}")
-    return [r | r["by_select"][rule] for r in runs]
+    chosen = [r["by_select"][rule] for r in runs]
+    return [r | c | {"learned": c.get("id_acc_x4free", c["id_acc"]) >= ft.LEARNED_ID_ACC}
+            for r, c in zip(runs, chosen, strict=True)]
 
 
 def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace,
