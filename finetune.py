@@ -591,7 +591,7 @@ def stack_runs(runs: list[PosgenRun]) -> StackedRuns:
     on a weightless copy, ``vmap`` over the seeds), resumed where they stand."""
     p, dev, nets = runs[0].preset, runs[0].x.device, [r.net for r in runs]
     params, buffers = torch.func.stack_module_state(nets)
-    base = copy.deepcopy(nets[0]).to("meta")
+    base = copy.deepcopy(nets[0]).to("meta").train()  # weightless: called with each seed's weights
     if base.config.tie_head:  # .to("meta") unties the head
         base.head.weight = base.tok_emb.weight
     noise = [torch.Generator(dev).manual_seed(r.meta["seed"]) for r in runs]
@@ -600,7 +600,7 @@ def stack_runs(runs: list[PosgenRun]) -> StackedRuns:
             g.set_state(r.state["rng_dropout"])
 
     def loss_one(w: dict, b: dict, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        return torch.func.functional_call(base.train(), (w, b), (x, y), {"noise": u})[1]
+        return torch.func.functional_call(base, (w, b), (x, y), {"noise": u})[1]
 
     losses_of = torch.func.vmap(loss_one, in_dims=(0, 0, 0, 0, 0 if p.dropout else None))
     losses_of = torch.compile(losses_of) if p.compile and dev.type == "cuda" else losses_of
