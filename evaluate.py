@@ -28,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -451,7 +452,7 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation loss (L' = 256)")
     max(axes[0], key=lambda ax: len(ax.get_lines())).legend(fontsize=8)  # the panel with every row run
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 55 * len(tasks)), fontsize=10)  # ~55 characters fit a panel
     _save(fig, path)
 
 
