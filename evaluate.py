@@ -539,8 +539,17 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
 
 
 def device_name(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU's model and the kernel set PyTorch dispatches to (AVX2, AVX512, …): CPU runs of
+    one seed give other numbers on another CPU (reduction order), so a result records which one it ran on."""
     dev = torch.device(device)
-    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})"
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        model = platform.processor() or platform.machine()
+    return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()} kernels)"
 
 
 def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:

@@ -701,6 +701,10 @@ def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and
     assert {(r["task"], r["seed"]) for r in new["variants"][0]["runs"]} == {(t, s) for t in ("cot", "recursive")
                                                                             for s in (7, 8)}
     assert new["variants"][1:] == data["variants"][1:] and new["seeds"] == []  # those two lack Recursive
+def test_device_name_records_the_cpu_model_and_its_kernel_set():
+    name = evaluate.device_name("cpu")  # one seed's CPU numbers depend on both: a result must say which ran it
+    assert name.startswith("cpu (") and name.endswith(f", {torch.backends.cpu.get_cpu_capability()} kernels)")
+    assert len(name) > len("cpu (, AVX2 kernels)")
 def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_another_preset(tmp_path, capsys):
     def part(name: str, cells: list, **meta) -> str:
         runs = [{"task": t, "pe": pe, "seed": s, "id_acc": .99, "ood_acc": o / 100, "epoch": 4, "trained_as": pe,
