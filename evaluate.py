@@ -572,7 +572,8 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
             if (key := (r["task"], r["pe"], r["seed"])) in runs:
                 raise ValueError(f"{path} repeats {key[0]} {key[1]} seed {key[2]}, held by an earlier --merge file")
             runs[key] = r
-        parts.append({"file": Path(path).name} | {k: data.get(k) for k in ("wall_s", "device", "precision", "jobs")})
+        parts += data.get("merged_from") or [  # a merged file: the calls it was merged from
+            {"file": Path(path).name} | {k: data.get(k) for k in ("wall_s", "device", "precision", "jobs")}]
     order = [list(TABLE1_TASKS), list(TABLE1_PES), list(dict.fromkeys([*preset.seeds, *sorted(r[2] for r in runs)]))]
     return [runs[k] for k in sorted(runs, key=lambda k: [o.index(x) for o, x in zip(order, k, strict=True)])], parts
 

@@ -725,6 +725,8 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
     assert m["seeds"] == [1, 2] and m["paired"]["cot"]["res_rope-rope"]["diff"] == pytest.approx([10, 10])
     assert m["device"] == "cpu (x86_64), NVIDIA H200" and [p["jobs"] for p in m["merged_from"]] == [2, 5]
     assert "Merged 2 files (a.json: cpu (x86_64), 2 run(s) at a time; b.json: NVIDIA H200" in capsys.readouterr().out
+    assert evaluate.main(["table1", "--merge", str(out), "--out", str(tmp_path / "m2.json")]) == 0  # a merged file:
+    assert json.loads((tmp_path / "m2.json").read_text())["merged_from"] == m["merged_from"]  # the calls it came from
     rules = {rule: {"epoch": 2 * i + 2, "id_acc": .98, "ood_acc": i / 10, "x4_acc": .1, "id_acc_x4free": .99}
              for i, rule in enumerate(finetune.SELECT_RULES)}  # a file with curves: any rule, read, not retrained
     c = json.loads(Path(a).read_text())
