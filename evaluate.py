@@ -260,7 +260,7 @@ def cmd_posgen(args: argparse.Namespace) -> int:
     path = args.checkpoint or ft.run_dir(args.runs_dir, ft.preset_from_args(args), harness, args.task,
                                          ft.training_run_pe(args.pe, harness.protocol), args.seed)
     net, state = ft.load_posgen_checkpoint(path, args.pe, harness.select)
-    meta, p = state["meta"], ft.Preset(**{**state["meta"]["preset"], "seeds": ()})
+    meta, p = state["meta"], ft.preset_of(state["meta"]["preset"])
     if len(state["history"]) < p.epochs:
         print(f"note: the run is unfinished (epoch {len(state['history'])}/{p.epochs})", file=sys.stderr)
     r = ft.evaluate_posgen(net.to(args.device), ft.posgen_data(meta)["test"], p, args.device)
@@ -303,9 +303,32 @@ def table1_summary(runs: list[dict]) -> dict:
     return out
 
 
+def bootstrap_interval(values: list[float], n: int = 10000, seed: int = 0) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of ``values``: ``n`` resamples of the units (seeds,
+    documents) with replacement, drawn by numpy's generator seeded with ``seed``."""
+    d = np.asarray(values, dtype=float)
+    means = d[np.random.default_rng(seed).integers(0, len(d), (n, len(d)))].mean(axis=1)
+    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+
+
+def sign_test_p(values: list[float]) -> float:
+    """Exact two-sided sign test of "a difference is as likely positive as negative": with k of the n non-zero
+    values positive, p = 2·P(X ≤ min(k, n−k)) for X ~ Binomial(n, ½), at most 1 (ties, exact zeros, left out)."""
+    signs = [v > 0 for v in values if v != 0]
+    n, k = len(signs), sum(signs)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(k, n - k) + 1)) / 2**n) if n else 1.0
+
+
+def seeds_needed(sd: float, delta: float) -> float:
+    """Roughly how many paired seeds find a mean difference ``delta`` when the differences have standard deviation
+    ``sd``: n ≈ 8·(sd/δ)² (a two-sided 5 % test with 80 % power: (1.96 + 0.84)² ≈ 8)."""
+    return 8 * (sd / delta) ** 2 if delta else math.inf
+
+
 def paired_differences(summary: dict) -> dict:
-    """Per task: Res. RoPE − RoPE and Res. YaRN − YaRN in OOD points, seed by seed (same seed, same data), with
-    their mean ± std; only for seeds both rows ran."""
+    """Per task: Res. RoPE − RoPE and Res. YaRN − YaRN in OOD points, seed by seed (same seed, same data), only for
+    seeds both rows ran; their mean ± sd, and with 2+ seeds the standard error sd/√n, a 95 % bootstrap interval of
+    the mean (``bootstrap_interval``), how many seeds have Resonance ahead and the sign test's p (``sign_test_p``)."""
     out: dict = {}
     for task, cells in summary.items():
         for base in ("rope", "yarn"):
@@ -316,7 +339,9 @@ def paired_differences(summary: dict) -> dict:
                 mean, std = _mean_std(diff)
                 out.setdefault(task, {})[f"res_{base}-{base}"] = {
                     "seeds": common, "diff": diff, "mean": mean, "std": std,
-                    "comparable": a["comparable"] and b["comparable"]}
+                    "comparable": a["comparable"] and b["comparable"]} | ({
+                        "se": std / len(diff) ** 0.5, "ci95": bootstrap_interval(diff),
+                        "ahead": sum(d > 0 for d in diff), "sign_p": sign_test_p(diff)} if len(diff) > 1 else {})
     return out
 
 
@@ -333,11 +358,11 @@ def paper_size(preset_config: dict) -> bool:
 def table1_header(data: dict) -> list[str]:
     """What was run (model size, budget, seeds, harness), and how the paper's column compares to it."""
     c, h, seeds = data["preset_config"], data["harness"], data["seeds"]
-    ours, paper = n_params(c, h), n_params(dataclasses.asdict(ft.PRESETS["paper"]), h)
+    ours, paper = n_params(c, h), n_params(dataclasses.asdict(ft.PRESETS["paper"]), h)  # the paper's at this depth
     harness = {"code": "the authors' released code", "paper": "App. C.1 as written"}[h["protocol"]]
     changed = ", ".join(f"{k}={v}" for k, v in h.items() if v != dataclasses.asdict(ft.HARNESSES[h["protocol"]])[k])
     return [f"Table 1, preset {data['preset']}: d_model {c['d_model']} ({c['n_head']} heads × 64, d_ff {c['d_ff']}, "
-            f"{c['n_layer']} layers, {ours / 1e6:.1f}M parameters), {c['epochs']} epochs of {c['n_train']:,} "
+            f"{h['n_layer']} layers, {ours / 1e6:.1f}M parameters), {c['epochs']} epochs of {c['n_train']:,} "
             f"sequences, {len(seeds)} seed{'s' * (len(seeds) > 1)} ({', '.join(map(str, seeds))}); harness: "
             f"{harness}" + (f" with {changed}" if changed else "") + ".",
             "The paper's column: App. C.1's model and budget, 5 seeds." if paper_size(c) else
@@ -374,22 +399,28 @@ def format_table1(summary: dict) -> str:
 
 
 def paired_lines(summary: dict, paired: dict) -> list[str]:
-    """Each Res. − base OOD difference, per seed (mean ± std for 2+ seeds), beside both rows' ID accuracy and
-    the paper's difference; a pair with a row below 95 % ID says so in the same line."""
+    """Each Res. − base OOD difference, per seed, beside both rows' ID accuracy and the paper's difference; with
+    2+ seeds its mean ± sd, SE, 95 % bootstrap interval, seeds with Resonance ahead, the sign test's p, and roughly
+    how many seeds the paper's difference would need at this sd (``seeds_needed``); a pair with a row below 95 % ID
+    says so in the same line."""
     lines = ["Paired differences Res. − base, OOD points (same seed, same data):"]
     for task, pairs in ((t, paired[t]) for t in TABLE1_TASKS if t in paired):
         for key, d in pairs.items():
             res, base = key.split("-")
             a, b = summary[task][res], summary[task][base]
-            per_seed = ", ".join(f"seed {s}: {x:+.2f}" for s, x in zip(d["seeds"], d["diff"], strict=True))
-            value = (f"{d['mean']:+.2f} ± {d['std']:.2f} over {len(d['diff'])} seeds ({per_seed})"
-                     if len(d["diff"]) > 1 else f"{d['mean']:+.2f} (seed {d['seeds'][0]})")
-            paper = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]
+            paper, n = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0], len(d["diff"])
+            value = (f"{d['mean']:+.2f} ± {d['std']:.2f} over {n} seeds, SE {d['se']:.2f}, 95 % bootstrap CI "
+                     f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], Resonance ahead in {d['ahead']} of {n}, sign test "
+                     f"p = {d['sign_p']:.3g}; paper {paper:+.2f} (~{seeds_needed(d['std'], paper):.0f} seeds to "
+                     "find it at this sd)" if n > 1 else f"{d['mean']:+.2f} (seed {d['seeds'][0]}); paper {paper:+.2f}")
             unlearned = [TABLE1_PES[p] for p, c in ((res, a), (base, b)) if not c["comparable"]]
             lines.append(f"  {TABLE1_TASKS[task]}, {TABLE1_PES[res]} − {TABLE1_PES[base]}: {value}; ID "
-                         f"{a['id_mean']:.2f} vs {b['id_mean']:.2f}; paper {paper:+.2f}" + (
+                         f"{a['id_mean']:.2f} vs {b['id_mean']:.2f}" + (
                              f"; {' and '.join(unlearned)} below 95 % ID: the rule was not fully learned" if
                              unlearned else ""))
+            if n > 1:
+                lines.append("    per seed: " + ", ".join(f"{s} {x:+.2f}" for s, x in zip(d["seeds"], d["diff"],
+                                                                                          strict=True)))
     return lines
 
 
@@ -420,7 +451,7 @@ def closing_sentences(summary: dict, paired: dict, n_seeds: int, at_paper_size: 
                  if not c["comparable"]]
     if unlearned:
         out.append(f"Below 95 % ID, the rule not fully learned: {', '.join(unlearned)}.")
-    out.append("Three seeds of the CPU-size model at several budgets, the harness ablation and the paper-size GPU run: "
+    out.append("The 20-seed study at this depth, the 2-layer results (the paper's text) and the paper-size GPU run: "
                "results/table1_*.json, explained in results/README.md.")
     return out
 
@@ -456,6 +487,63 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
+def plot_positions(runs: list[dict], path: Path, title: str, preset: ft.Preset) -> None:
+    """Where each PE breaks: test accuracy against position, one line per row (the mean over seeds, with a band
+    from the lowest to the highest seed where there are several), one panel per task; the training length L, the
+    first generated token x_{j+k} and chance (1/modulus) marked. Reads each run's ``per_position``."""
+    plt, tasks = _pyplot(), [t for t in TABLE1_TASKS if any(r["task"] == t for r in runs)]
+    first, pos = preset.j + preset.k, np.arange(preset.j + preset.k, preset.test_len)  # x_{j+k}: the first scored
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for color, (pe, name) in enumerate(TABLE1_PES.items()):
+            cell = [r["per_position"] for r in runs if (r["task"], r["pe"]) == (task, pe) and r.get("per_position")]
+            if not cell:
+                continue
+            acc = 100 * np.array([c[first:] for c in cell], dtype=float)
+            ax.plot(pos, acc.mean(0), color=f"C{color}", lw=1, label=name + (f" ({len(cell)} seeds)" if len(cell) > 1
+                                                                          else ""),
+                    linestyle="--" if pe.startswith("res_") else "-")
+            if len(cell) > 1:
+                ax.fill_between(pos, acc.min(0), acc.max(0), color=f"C{color}", alpha=0.15, lw=0)
+        ax.axvline(preset.train_len, color="black", lw=0.8, linestyle=":")
+        ax.text(preset.train_len, 101, " L", fontsize=8, va="bottom")
+        ax.axvline(first, color="gray", lw=0.8, linestyle=":")
+        ax.text(first, 101, f"x_{first}", fontsize=8, va="bottom", ha="right")
+        ax.axhline(100 / preset.modulus, color="gray", lw=0.8, linestyle="--")
+        ax.text(pos[-1], 100 / preset.modulus, f"chance 1/{preset.modulus}", fontsize=8, va="bottom", ha="right")
+        ax.set(title=TABLE1_TASKS[task], xlabel="position", ylim=(0, 108))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=7, loc="center right")
+    fig.suptitle(textwrap.fill(title, 60 * len(tasks)), fontsize=10)
+    _save(fig, path)
+
+
+def plot_paired(paired: dict, path: Path, title: str) -> None:
+    """Each pair's per-seed OOD differences Res. − base as points over a box, one panel per task, with the 0 line
+    and the paper's difference marked."""
+    plt, tasks = _pyplot(), [t for t in TABLE1_TASKS if t in paired]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 4), squeeze=False, sharey=True)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        pairs = list(paired[task].items())
+        ax.boxplot([d["diff"] for _, d in pairs], positions=range(len(pairs)), widths=0.5, showfliers=False)
+        for i, (key, d) in enumerate(pairs):
+            jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(d["diff"]))
+            ax.scatter(i + jitter, d["diff"], s=14, color=f"C{i}", alpha=0.8, zorder=3)
+            res, base = key.split("-")
+            paper = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]
+            ax.plot([i - 0.3, i + 0.3], [paper, paper], color="red", lw=2, label="paper" if i == 0 else None)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xticks(range(len(pairs)), [f"{TABLE1_PES[k.split('-')[0]]}\n− {TABLE1_PES[k.split('-')[1]]}"
+                                          for k, _ in pairs], fontsize=8)
+        ax.set_title(TABLE1_TASKS[task] + f" ({len(pairs[0][1]['diff'])} seeds)")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("OOD difference (points), per seed")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(textwrap.fill(title, 50 * len(tasks)), fontsize=10)
+    _save(fig, path)
+
+
 def _save(fig, path: str | Path) -> None:
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -486,13 +574,16 @@ def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, devi
         r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
         validated = [h for h in r["history"] if "val_loss" in h]
         rows.append({k: r[k] for k in ("task", "pe", "seed", *keys, "trained_as", "train_s")}
-                    | {"learned": r["id_acc_x4free"] >= ft.LEARNED_ID_ACC,
+                    | {"per_position": r["by_select"][harness.select].get("per_position"),
+                       "learned": r["id_acc_x4free"] >= ft.LEARNED_ID_ACC,
                        "val_loss": [[h["epoch"], h["val_loss"]] for h in validated],
                        "val_id_acc": [[h["epoch"], h["id_acc"]] for h in validated],
-                       "by_select": {k: {f: v[f] for f in keys} for k, v in r["by_select"].items()},
+                       "by_select": {k: {f: v[f] for f in (*keys, "per_position") if f in v}
+                                     for k, v in r["by_select"].items()},
                        "curves": {"epoch": [h["epoch"] for h in validated]} | {
                            k if k.startswith(("val_", "test_")) else f"val_{k}": [h[k] for h in validated]
-                           for k in validated[0] if k not in ("epoch", "loss", "lr", "elapsed_s")}})
+                           for k in validated[0]
+                           if k not in ("epoch", "loss", "lr", "elapsed_s", "test_per_position")}})
     return rows
 
 
@@ -503,7 +594,7 @@ def reselect(runs: list[dict], rule: str) -> list[dict]:
         raise ValueError(f"--select {rule}: these runs hold no test at that rule's epoch (a results file from before "
                          f"the curves were recorded?): {', '.join(missing[:3])}")
     chosen = [r["by_select"][rule] for r in runs]
-    return [r | c | {"learned": c.get("id_acc_x4free", c["id_acc"]) >= ft.LEARNED_ID_ACC}
+    return [r | {"per_position": None} | c | {"learned": c.get("id_acc_x4free", c["id_acc"]) >= ft.LEARNED_ID_ACC}
             for r, c in zip(runs, chosen, strict=True)]
 
 
@@ -552,21 +643,48 @@ def device_name(device: str | torch.device) -> str:
     return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()} kernels)"
 
 
+def upgraded(data: dict) -> dict:
+    """A results JSON (table1 or ablation) in today's form: files written before the depth moved from the preset
+    to the harness (2026-12-07) record ``n_layer`` in ``preset_config`` and "+n_layer=N" in the preset's name."""
+    config = data.get("preset_config")
+    if isinstance(config, dict) and "n_layer" in config:
+        n_layer = config.pop("n_layer")
+        for h in [data.get("harness"), *(v.get("harness") for v in data.get("variants", []))]:
+            if isinstance(h, dict):
+                h.setdefault("n_layer", n_layer)
+        data["preset"] = re.sub(r"\+n_layer=\d+", "", str(data.get("preset")))
+    return data
+
+
+TRAINING_FIELDS = [f.name for f in dataclasses.fields(ft.Preset) if f.name not in ("name", "seeds", "tasks")]
+
+
+def same_training(config: dict, preset: ft.Preset) -> bool:
+    """Whether a results file's ``preset_config`` trains as ``preset`` does (its name, seeds and tasks aside: a
+    file of `cot+epochs=4` is one of the former `quick`)."""
+    return all(config.get(k) == v for k, v in dataclasses.asdict(preset).items() if k in TRAINING_FIELDS)
+
+
 def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:
     """The runs held by table1 JSONs of one preset and harness (shards, or calls on other tasks, PEs or seeds), in
     grid order, each (task, PE, seed) from one file only, reported under ``harness.select`` whatever rule the file
-    reported (``reselect``); and where and how each file's call ran."""
+    reported (``reselect``); and where and how each file's call ran. A file's preset matches by its fields."""
     runs: dict[tuple, dict] = {}
     parts = []
     for path in paths:
         data = model_lib.read_json(path, "a table1 results file")
         if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
+                and isinstance(data.get("preset_config"), dict)
                 and all(isinstance(r, dict) and {"task", "pe", "seed"} <= r.keys() for r in data["runs"])):
             raise ValueError(f"{path} is not a table1 results file")
-        if (data.get("preset"), data["harness"] | {"select": harness.select}) != (preset.name,
-                                                                                   dataclasses.asdict(harness)):
-            raise ValueError(f"{path} is of preset {data.get('preset')} harness {data['harness'].get('protocol')}, not "
-                             f"--preset {preset.name} harness {harness.name}: merge one preset and harness")
+        data = upgraded(data)
+        if not same_training(data["preset_config"], preset) or data["harness"] | {"select": harness.select} != \
+                dataclasses.asdict(harness):
+            h, c = data["harness"], data["preset_config"]
+            raise ValueError(f"{path} is of preset {data.get('preset')} ({h.get('n_layer')} layers, "
+                             f"{c.get('epochs')} epochs, harness {h.get('protocol')}), not --preset {preset.name} "
+                             f"harness {harness.name}: merge one preset and harness (give --epochs, --n-layer … as "
+                             "it ran)")
         same_rule = data["harness"]["select"] == harness.select
         for r in data["runs"] if same_rule else reselect(data["runs"], harness.select):
             if (key := (r["task"], r["pe"], r["seed"])) in runs:
@@ -642,10 +760,20 @@ def cmd_table1(args: argparse.Namespace) -> int:
         print(f"This call took {ft.fmt_s(time.perf_counter() - t0)}; training the {n_runs} runs took {train_s} in "
               f"all (a run reused from an earlier call counts the time it took then); {torch.get_num_threads()} "
               f"threads, {args.jobs} run(s) at a time.")
-    fig_path = out.with_name(out.stem + "_fig3.png")
-    plot_fig3(runs, fig_path, f"Validation loss, preset {preset.name}, harness {harness.name}, "
-                              f"mean over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    print(f"wrote {out} and {fig_path}")
+    name = f"preset {preset.name}, {harness.n_layer} layers, harness {harness.name}"
+    seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    figures = [out.with_name(out.stem + "_fig3.png")]
+    plot_fig3(runs, figures[0], f"Validation loss, {name}, mean over {seeds_text}")
+    if any(r.get("per_position") for r in runs):  # recorded since 2026-12-07, at the kept rules' epochs
+        figures.append(out.with_name(out.stem + "_positions.png"))
+        plot_positions(runs, figures[-1], f"Test accuracy by position at the {harness.select} epoch, {name}, "
+                       f"{seeds_text}" + (" (line: mean; band: lowest to highest seed)" if len(seeds) > 1 else ""),
+                       preset)
+    if any(len(d["diff"]) > 1 for pairs in data["paired"].values() for d in pairs.values()):
+        figures.append(out.with_name(out.stem + "_paired.png"))
+        plot_paired(data["paired"], figures[-1], f"Res. − base OOD accuracy per seed, {name}, "
+                                                 f"{harness.select} epoch")
+    print(f"wrote {out} and {', '.join(map(str, figures))}")
     return 0
 
 
@@ -665,13 +793,16 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     preset, variants = ft.preset_from_args(args), [v for v in ABLATION if v in (args.variants or ABLATION)]
     out = Path(args.out or "runs/table1_ablation" + ("" if preset.name == "quick" else f"_{preset.name}") + ".json")
     old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
-    config = json.loads(json.dumps(dataclasses.asdict(preset)))
-    if not (isinstance(old, dict) and "variants" in old and old.get("preset_config", {}).items() <= config.items()):
-        raise ValueError(f"{out} is not an ablation results file of preset {preset.name}; give another --out")
+    full = ft.harness_from_args(args)  # the code harness at --n-layer's depth
+    if not (isinstance(old, dict) and isinstance(old.get("variants"), list) and (not old["variants"] or (
+            same_training(upgraded(old).get("preset_config", {}), preset)
+            and all(v.get("harness", {}).get("n_layer") == full.n_layer for v in old["variants"])))):
+        raise ValueError(f"{out} is not an ablation results file of preset {preset.name} at {full.n_layer} layers; "
+                         "give another --out")
     kept = {v["name"]: v["runs"] for v in old["variants"]}  # every (variant, seed, task) held is kept, not rerun
     runs = {v: kept.get(v, []) for v in ABLATION if v in kept or v in variants}
     names = list(runs)
-    harness = {v: dataclasses.replace(ft.HARNESSES["code"], **ABLATION[v]) for v in names}
+    harness = {v: dataclasses.replace(full, **ABLATION[v]) for v in names}
     seeds = list(dict.fromkeys([r["seed"] for rs in runs.values() for r in rs] + list(args.seeds)))
     tasks = list(dict.fromkeys([r["task"] for rs in runs.values() for r in rs] + list(args.tasks)))
 
@@ -686,6 +817,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
         done = [s for s in seeds if all(has(v, s, t) for v in names for t in tasks)]
         model_lib.write_json(out, {"preset": preset.name, "preset_config": dataclasses.asdict(preset),
                                    "seeds": done, "variants": results})
+    print(f"Ablation, preset {preset.name}, {full.n_layer} layers, seeds {', '.join(map(str, done))}:")
     print(format_ablation(results))
     print(f"wrote {out}")
     return 0
@@ -718,10 +850,12 @@ def budget_rows(paths: list[str | Path]) -> list[dict]:
     rows, model = [], None
     for path in paths:
         data = model_lib.read_json(path, "an ablation results file")
-        full = next((v for v in data.get("variants", []) if v["name"] == "full"), None)
-        if full is None or "preset_config" not in data:
+        full = next((v for v in data.get("variants", []) if v["name"] == "full"), None) if isinstance(data, dict) \
+            else None
+        if full is None or "preset_config" not in data or "harness" not in full:
             raise ValueError(f"{path} is not an ablation results file with the full harness")
-        config = {k: v for k, v in data["preset_config"].items() if k not in BUDGET_SAME}
+        config = {k: v for k, v in upgraded(data)["preset_config"].items() if k not in BUDGET_SAME} | {
+            "n_layer": full["harness"]["n_layer"], "d_model": data["preset_config"]["d_model"]}
         if model not in (None, config):
             raise ValueError(f"{path} trains another model than {paths[0]}: budgets compare one model")
         model, summary = config, table1_summary(full["runs"])
@@ -729,6 +863,7 @@ def budget_rows(paths: list[str | Path]) -> list[dict]:
             for key, d in pairs.items():
                 res, base = key.split("-")
                 rows.append({"epochs": data["preset_config"]["epochs"], "task": task, "pair": key, **d,
+                             "n_layer": config["n_layer"], "d_model": config["d_model"],
                              "se": d["std"] / len(d["diff"]) ** 0.5, "id_res": summary[task][res]["id_mean"],
                              "id_base": summary[task][base]["id_mean"], "ood_res": summary[task][res]["ood_mean"],
                              "ood_base": summary[task][base]["ood_mean"],
@@ -786,7 +921,8 @@ def plot_budget(rows: list[dict], path: str | Path) -> None:
         bottom.minorticks_off()
         top.legend(fontsize=7)
         mid.legend(fontsize=7, ncol=2)
-    fig.suptitle("Table 1 against training budget: the authors' harness, quick's model (points: seeds; band: ± std; "
+    fig.suptitle(f"Table 1 against training budget: the authors' harness, d_model {rows[0]['d_model']}, "
+                 f"{rows[0]['n_layer']} layers (points: seeds; band: ± std; "
                  "hollow: a row under 95 % ID)", fontsize=10)
     _save(fig, path)
 
@@ -1059,13 +1195,6 @@ def fig4_data(tokenizer, n_heldout: int, heldout_len: int, train_tokens: int, tr
     if not reuse:
         model_lib.atomic_write(train_file, lambda p: Path(p).write_text("".join(train)))
     return heldout
-
-
-def bootstrap_interval(diffs: list[float], n: int = 10000, seed: int = 0) -> list[float]:
-    """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling documents)."""
-    d = np.asarray(diffs, dtype=float)
-    means = d[np.random.default_rng(seed).integers(0, len(d), (n, len(d)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def fig4_differences(report: dict, lengths: list[int]) -> dict:

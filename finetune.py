@@ -235,6 +235,8 @@ class Harness:
     (``code``, the defaults) differs from App. C.1 as written (``paper``), so each can be switched on its own."""
 
     protocol: str = "code"          # the tables (posgen_pes): "code" trains unscaled, tests YaRN at 257/65
+    n_layer: int = 6                # the depth: their command builds t5-small's 6 blocks (AutoConfig('t5-small'));
+                                    # App. C.1's text says two
     freeze_ffn: bool = True         # model.TinyConfig: FFN and its norm stay at their initialisation
     tie_head: bool = True           # model.TinyConfig: head = embedding, on the final state × d_model^−½
     attention: str = "t5"           # model.TinyConfig: "t5" (no 1/√d, Mesh-TF init, final dropout) or "sdpa"
@@ -247,6 +249,8 @@ class Harness:
         for name, allowed in {**HARNESS_CHOICES, "freeze_ffn": (True, False), "tie_head": (True, False)}.items():
             if getattr(self, name) not in allowed or not isinstance(getattr(self, name), type(allowed[0])):
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (isinstance(self.n_layer, int) and 1 <= self.n_layer <= 64):
+            raise ValueError(f"n_layer must be an int in [1, 64], got {self.n_layer!r}")
 
     def training(self) -> dict:
         """The fields that decide the training run (not ``select``: both rules read the same run)."""
@@ -254,23 +258,24 @@ class Harness:
 
     @property
     def name(self) -> str:
-        """The protocol, then each training setting that differs from that protocol's harness: "code+split=disjoint"."""
+        """The protocol, then each training setting that differs from that protocol's harness: "code+n_layer=2"."""
         base = HARNESSES[self.protocol].training()
         return self.protocol + "".join(f"+{k}={v}" for k, v in self.training().items() if v != base[k])
 
 
-HARNESSES = {"code": Harness(), "paper": Harness("paper", False, False, "sdpa", "disjoint", "ours", "last")}
+HARNESSES = {"code": Harness(), "paper": Harness("paper", n_layer=2, freeze_ffn=False, tie_head=False,
+                                                 attention="sdpa", split="disjoint", schedule="ours", select="last")}
 
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Model size, data and optimisation of one PosGen experiment. Defaults: App. C.1 and the authors' code."""
+    """Model width, data and optimisation of one PosGen experiment (the depth is the harness's). Defaults: App. C.1
+    and the authors' code."""
 
     name: str
     d_model: int = 512              # T5-small; head dimension is always d_model / n_head = 64
     n_head: int = 8
     d_ff: int = 2048
-    n_layer: int = 2
     dropout: float = 0.1
     n_train: int = 10000
     n_val: int = 1000
@@ -296,26 +301,17 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # App. C.1 exactly: 60 runs (3 tasks × 4 PEs × 5 seeds). GPU work.
     "paper": Preset("paper"),
-    # The README's main job and the ablation's size: the authors' harness scaled down to the smallest CPU budget
-    # found to learn Recursive (see the README). Same geometry (head dim 64, b = 10000, L = 64, L' = 256, s = 4,
-    # j = 1, k = 3, mod 17) and training data; half the width (4 heads), batch 32 at lr 1e-3 for 4 epochs, smaller
-    # val/test splits; Recursive and CoT (Semi-recursive needs far more, see the README).
-    "quick": Preset("quick", d_model=256, n_head=4, d_ff=1024, n_val=250, n_test=500, epochs=4, batch_size=32,
+    # The README's main job: the authors' harness (6 layers) scaled down until every cell learns the rule in
+    # 15 minutes on 2 CPU cores (results/README, "The main job at 6 layers"). Same geometry (head dim 64,
+    # b = 10000, L = 64, L' = 256, s = 4, j = 1, k = 3, mod 17) and training data; a quarter of the width (2 heads),
+    # batch 32 at lr 1e-3 for 2 epochs, smaller val/test splits; Recursive and CoT.
+    "quick": Preset("quick", d_model=128, n_head=2, d_ff=512, n_val=250, n_test=500, epochs=2, batch_size=32,
                     lr=1e-3, seeds=(5549,), tasks=("recursive", "cot")),
+    # The CPU experiments of the 2-layer era (budget, ablation, levels): half the width (4 heads), 12 epochs, CoT.
+    # With --epochs 4 --tasks recursive cot --n-layer 2 it is the former 2-layer `quick` (results/README).
+    "cot": Preset("cot", d_model=256, n_head=4, d_ff=1024, n_val=250, n_test=500, epochs=12, batch_size=32,
+                  lr=1e-3, seeds=(5549,), tasks=("cot",)),
 }
-# Semi-recursive's budget search: quick's model trained 4 times longer.
-PRESETS["semirec"] = dataclasses.replace(PRESETS["quick"], name="semirec", epochs=16, tasks=("semirecursive",))
-# ... and semirec trained 4 times longer (64 epochs, 20,000 steps): the next budget on that curve.
-PRESETS["semirec_long"] = dataclasses.replace(PRESETS["semirec"], name="semirec_long", epochs=64)
-# quick trained twice as long (8 epochs): the full harness at twice the budget (the README: CoT is still not learned).
-PRESETS["long"] = dataclasses.replace(PRESETS["quick"], name="long", epochs=8)
-# quick trained three times as long (12 epochs): CoT's budget search (table1's default task) and the ablation's size.
-PRESETS["cot"] = dataclasses.replace(PRESETS["quick"], name="cot", epochs=12, tasks=("cot",))
-# The training-budget axis (evaluate.py budget): quick's model, data and optimiser trained 24 and 48 epochs.
-PRESETS["quick24"] = dataclasses.replace(PRESETS["quick"], name="quick24", epochs=24)
-PRESETS["quick48"] = dataclasses.replace(PRESETS["quick"], name="quick48", epochs=48)
-# The paper's preset with bf16 autocast instead of TF32 matmuls (a named setting: its numbers may differ).
-PRESETS["paper_bf16"] = dataclasses.replace(PRESETS["paper"], name="paper_bf16", precision="bf16")
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
 
 
@@ -329,6 +325,12 @@ def check_run_args(task: str, pe: str, preset: str | Preset, harness: str | Harn
         raise ValueError(f"task must be one of {posgen.TASKS} and preset one of {tuple(PRESETS)}, got {task!r}, "
                          f"{preset!r}")
     return preset if isinstance(preset, Preset) else PRESETS[preset], harness
+
+
+def preset_of(config: dict) -> Preset:
+    """The Preset a results file or checkpoint records (its fields; lists back to tuples)."""
+    return Preset(**{f.name: tuple(config[f.name]) if f.name in ("seeds", "tasks") else config[f.name]
+                     for f in dataclasses.fields(Preset) if f.name in config})
 
 
 def run_dir(root: str | Path, preset: Preset, harness: Harness, task: str, pe: str, seed: int) -> Path:
@@ -391,18 +393,18 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
 
 
 def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
-    """What identifies a training run; "format" 5: the harness settings, validation every ``val_every`` epochs,
-    the test split scored at every validation (the curves)."""
+    """What identifies a training run; "format" 6: the harness settings (the depth among them), validation every
+    ``val_every`` epochs, the test split scored at every validation (the curves) with its accuracy per position."""
     return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
-            "format": 5}
+            "format": 6}
 
 
 def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
     """The model of a run, holding its training table (vocabulary = modulus + a start token, positions
     0 … L'−1), and that training PE."""
-    p, h = Preset(**{**meta["preset"], "seeds": tuple(meta["preset"]["seeds"])}), meta["harness"]
+    p, h = preset_of(meta["preset"]), meta["harness"]
     train_pe = posgen_pes(meta["pe"], h["protocol"], p.train_len, p.test_len)[0]
-    cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=p.n_layer, d_model=p.d_model, n_head=p.n_head,
+    cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=h["n_layer"], d_model=p.d_model, n_head=p.n_head,
                                d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe,
                                freeze_ffn=h["freeze_ffn"], tie_head=h["tie_head"], attention=h["attention"])
     return model_lib.TinyTransformer(cfg), train_pe
@@ -449,14 +451,15 @@ CURVE_KEYS = ("loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free")  # what a 
 
 def _validate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> dict:
     """The curves' point of one validation epoch: under each row's evaluation table, loss and accuracies on the
-    val split ("val_loss", "id_acc", …) and on the test split ("test_loss", "test_id_acc", …), so any selection
-    rule can later read its epoch's test numbers without retraining. The training table is put back."""
+    val split ("val_loss", "id_acc", …) and on the test split ("test_loss", "test_id_acc", …, and the accuracy at
+    every position, "test_per_position"), so any selection rule can later read its epoch's test numbers without
+    retraining. The training table is put back."""
     out = {}
     for name, table in tables.items():
         net.set_pe(table)
         v, t = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
         out[name] = {("val_loss" if key == "loss" else key): v[key] for key in CURVE_KEYS} | {
-            f"test_{key}": t[key] for key in CURVE_KEYS}
+            f"test_{key}": t[key] for key in (*CURVE_KEYS, "per_position")}
     net.set_pe(train_pe)
     return out
 
@@ -714,11 +717,13 @@ def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str 
 
 def test_by_rule(history: list[dict], pe: str) -> dict:
     """Row ``pe``'s test numbers at the epoch each selection rule picks, read from its curves:
-    {rule: {"epoch", "loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free"}}."""
+    {rule: {"epoch", "loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free"}}, and for the KEPT_RULES the test
+    accuracy at every position 0 … L'−1 ("per_position", None over the given prefix)."""
     out = {}
     for rule in SELECT_RULES:
         h = select_epoch(history, pe, rule)
-        out[rule] = {"epoch": h["epoch"]} | {key: h["val"][pe][f"test_{key}"] for key in CURVE_KEYS}
+        out[rule] = {"epoch": h["epoch"]} | {key: h["val"][pe][f"test_{key}"] for key in CURVE_KEYS} | (
+            {"per_position": h["val"][pe]["test_per_position"]} if rule in KEPT_RULES else {})
     return out
 
 
@@ -760,8 +765,9 @@ def cmd_posgen(args: argparse.Namespace) -> int:
 def add_preset_args(p: argparse.ArgumentParser) -> None:
     """A preset, and the preset fields that can be changed on their own (``preset_from_args``)."""
     p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
-    p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the preset's; the paper "
-                   "says 2, the authors' released t5-small config builds 6)")
+    p.add_argument("--epochs", type=number(int, 1, 100_000), help="training epochs (default: the preset's)")
+    p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the harness's, 6 for code "
+                   "(the authors' released t5-small config), 2 for paper (App. C.1's text))")
     p.add_argument("--precision", choices=PRECISIONS, help="CUDA matmuls (default: the preset's; CPU: always fp32)")
 
 
@@ -771,7 +777,7 @@ def add_posgen_args(p: argparse.ArgumentParser) -> None:
     add_preset_args(p)
     p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
                    "(default %(default)s)")
-    for f in dataclasses.fields(Harness)[1:]:
+    for f in dataclasses.fields(Harness)[2:]:  # the protocol above, the depth in add_preset_args
         p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
                        != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
                        help=f"{HARNESS_HELP[f.name]} (default: the protocol's; {f.default} for code)")
@@ -781,9 +787,9 @@ def add_posgen_args(p: argparse.ArgumentParser) -> None:
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
-    """The named preset with ``--n-layer`` / ``--precision`` replaced; a changed preset is named for it
-    ("cot+n_layer=6"), so its runs get their own directories and results files."""
-    given = {k: v for k in ("n_layer", "precision") if (v := getattr(args, k, None)) is not None}
+    """The named preset with ``--epochs`` / ``--precision`` replaced; a changed preset is named for it
+    ("cot+epochs=4"), so its runs get their own directories and results files."""
+    given = {k: v for k in ("epochs", "precision") if (v := getattr(args, k, None)) is not None}
     preset = PRESETS[args.preset]
     changed = {k: v for k, v in given.items() if getattr(preset, k) != v}
     name = preset.name + "".join(f"+{k}={v}" for k, v in changed.items())
@@ -791,9 +797,11 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 
 def harness_from_args(args: argparse.Namespace) -> Harness:
-    """The protocol's harness with each field given on the command line replaced."""
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Harness)[1:]}
-    return dataclasses.replace(HARNESSES[args.protocol], **{k: v for k, v in given.items() if v is not None})
+    """The protocol's harness (``code`` where the command has no --protocol) with each field given on the command
+    line replaced."""
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Harness)[1:]}
+    return dataclasses.replace(HARNESSES[getattr(args, "protocol", "code")],
+                               **{k: v for k, v in given.items() if v is not None})
 
 
 # ----------------------------------------------------------------------------------------------------------

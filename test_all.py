@@ -451,20 +451,31 @@ def test_harness_authors_schedule_cycles_beta1_and_decays_every_weight():
     assert opt.param_groups[0]["betas"][0] == 0.9 and all(p.dim() < 2 for p in opt.param_groups[1]["params"])
 def test_harness_fields_switch_one_at_a_time_into_run_names_and_the_command_line():
     code = finetune.HARNESSES["code"]
-    assert (code.freeze_ffn, code.tie_head, code.attention, code.split, code.schedule, code.select) == (
-        True, True, "t5", "authors", "authors", "best_val_id")
+    assert (code.n_layer, code.freeze_ffn, code.tie_head, code.attention, code.split, code.schedule, code.select) == (
+        6, True, True, "t5", "authors", "authors", "best_val_id")
     assert dataclasses.replace(code, split="disjoint").name == "code+split=disjoint"
     assert dataclasses.replace(code, select="last").name == "code"  # the same run, read by another rule
     args = evaluate.build_parser().parse_args(["table1", "--freeze-ffn", "false", "--attention", "sdpa"])
     assert finetune.harness_from_args(args) == dataclasses.replace(code, freeze_ffn=False, attention="sdpa")
-    args = evaluate.build_parser().parse_args(["ablation", "--preset", "cot", "--n-layer", "6"])
-    assert finetune.preset_from_args(args) == dataclasses.replace(finetune.PRESETS["cot"], name="cot+n_layer=6",
-                                                                  n_layer=6)  # its own runs and results files
-    args = evaluate.build_parser().parse_args(["table1", "--preset", "paper", "--n-layer", "2", "--precision", "fp32"])
+    args = evaluate.build_parser().parse_args(["ablation", "--preset", "cot", "--n-layer", "2", "--epochs", "4"])
+    assert finetune.harness_from_args(args).name == "code+n_layer=2"  # depth is the harness's: its own run directories
+    assert finetune.preset_from_args(args) == dataclasses.replace(finetune.PRESETS["cot"], name="cot+epochs=4",
+                                                                  epochs=4)  # its own runs and results files
+    args = evaluate.build_parser().parse_args(["table1", "--preset", "paper", "--n-layer", "6", "--precision", "fp32"])
     assert finetune.preset_from_args(args) == dataclasses.replace(finetune.PRESETS["paper"],
                                                                   name="paper+precision=fp32", precision="fp32")
+    assert finetune.harness_from_args(args) == code
     paper = finetune.harness_from_args(evaluate.build_parser().parse_args(["table1", "--protocol", "paper"]))
     assert paper == finetune.HARNESSES["paper"] and paper.split == "disjoint" and not paper.freeze_ffn
+    assert paper.n_layer == 2 and paper.name == "paper"
+def test_code_builds_the_authors_six_layers_and_paper_the_texts_two():
+    for name, blocks in (("code", 6), ("paper", 2)):  # t5-small's num_layers in their sweep; App. C.1's "two-layer"
+        meta = finetune.run_meta("cot", "rope", 7, TINY_PRESET, finetune.HARNESSES[name])
+        assert len(finetune.posgen_model(meta)[0].blocks) == blocks and meta["harness"]["n_layer"] == blocks
+    meta = finetune.run_meta("cot", "rope", 7, TINY_PRESET, dataclasses.replace(finetune.HARNESSES["code"], n_layer=3))
+    assert len(finetune.posgen_model(meta)[0].blocks) == 3
+    with pytest.raises(ValueError, match=r"^n_layer must be an int in"):
+        finetune.Harness(n_layer=0)
 def test_table1_protocol_pes_match_paper_and_authors_code():
     assert finetune.posgen_pes("rope", "code") == finetune.posgen_pes("rope", "paper") == (PE(original_len=64),) * 2
     assert finetune.posgen_pes("res_yarn", "code") == (PE("rope", resonance=True, original_len=64), PE(
@@ -508,7 +519,7 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
     assert (yarn["trained_as"], rope["trained_as"]) == ("rope", "rope") and yarn["train_s"] == 0 < rope["train_s"]
     assert [h["loss"] for h in yarn["history"]] == [h["loss"] for h in rope["history"]]  # one training
     log = json.loads((dirs["rope"] / "log.json").read_text())["epochs"]
-    keys = {"val_loss", *finetune.CURVE_KEYS[1:], *(f"test_{k}" for k in finetune.CURVE_KEYS)}
+    keys = {"val_loss", *finetune.CURVE_KEYS[1:], *(f"test_{k}" for k in (*finetune.CURVE_KEYS, "per_position"))}
     assert [h["epoch"] for h in log if "val" in h] == [1, 2, 3] and all(set(h["val"][p]) == keys for h in log
                                                                       for p in ("rope", "yarn"))  # the curves
     assert [h["val_loss"] for h in yarn["history"]] == [h["val"]["yarn"]["val_loss"] for h in log]
@@ -524,7 +535,8 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
             net, _ = finetune.load_posgen_checkpoint(again, r["pe"], "last")
             test = finetune.evaluate_posgen(net, seqs, TINY_PRESET)
             for rule in (rule for rule in finetune.SELECT_RULES if r["by_select"][rule]["epoch"] == epoch):
-                assert r["by_select"][rule] == {"epoch": epoch} | {k: test[k] for k in finetune.CURVE_KEYS}
+                assert r["by_select"][rule] == {"epoch": epoch} | {k: test[k] for k in finetune.CURVE_KEYS} | (
+                    {"per_position": test["per_position"]} if rule in finetune.KEPT_RULES else {})  # where it breaks
     for select in finetune.KEPT_RULES:  # the kept checkpoints give the numbers their rules report
         net, state = finetune.load_posgen_checkpoint(dirs["rope"], "yarn", select)  # RoPE weights, YaRN's table
         assert net.config.pe == finetune.posgen_pes("yarn", "code", 16, 32)[1]
@@ -636,9 +648,14 @@ def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_p
     for r in (r for runs in shard_runs for r in runs):  # the curves: val and test at every validation (2 epochs)
         assert r["curves"]["epoch"] == [1, 2] and len(r["curves"]) == 11
         assert all(len(c) == 2 for c in r["curves"].values())
-        for chosen in r["by_select"].values():  # each rule's test numbers are its epoch's point on the curve
+        for rule, chosen in r["by_select"].items():  # each rule's test numbers are its epoch's point on the curve
             i = r["curves"]["epoch"].index(chosen["epoch"])
-            assert chosen == {"epoch": chosen["epoch"]} | {k: r["curves"][f"test_{k}"][i] for k in list(chosen)[1:]}
+            numbers = {k: v for k, v in chosen.items() if k != "per_position"}
+            assert numbers == {"epoch": chosen["epoch"]} | {k: r["curves"][f"test_{k}"][i] for k in list(numbers)[1:]}
+            assert ("per_position" in chosen) == (rule in finetune.KEPT_RULES)  # accuracy at positions 0 … L'-1:
+            assert len(chosen.get("per_position", [None] * 32)) == 32  # the kept rules' epochs, for the figure
+        assert r["per_position"] == r["by_select"]["best_val_id"]["per_position"]
+        assert r["per_position"][:4] == [None] * 4 and 0 <= min(r["per_position"][4:]) <= 1
     cells = {(r["task"], r["pe"], r["seed"]): r for runs in shard_runs for r in runs}
     shards = [{(r["task"], r["pe"], r["seed"]) for r in runs} for runs in shard_runs]
     grid = {("cot", pe, s) for pe in finetune.PE_NAMES for s in (7, 8)}
@@ -711,6 +728,7 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
                  "train_s": 10.0, "learned": True, "val_loss": [[2, 1.0], [4, 0.5]], "val_id_acc": [],
                  "by_select": {}} for t, pe, s, o in cells]
         data = {"preset": "quick", "harness": dataclasses.asdict(finetune.HARNESSES["code"]), "runs": runs,
+                "preset_config": dataclasses.asdict(finetune.PRESETS["quick"]),
                 "wall_s": 5.0, "device": "cpu (x86_64)", "precision": "fp32", "jobs": 2} | meta
         (tmp_path / name).write_text(json.dumps(data))
         return str(tmp_path / name)
@@ -737,13 +755,29 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
     assert m["harness"]["select"] == "min_val_loss" and set(m["by_rule"]) == set(finetune.SELECT_RULES)
     assert all((r["epoch"], r["ood_acc"]) == (6, .2) for r in m["runs"]) and m["table"]["cot"]["rope"]["ood_mean"] == 20
     assert capsys.readouterr().out.count("\nSelection rule ") == 5
-    for argv, says in (([a, a], "repeats cot rope seed 2"), ([a, "--preset", "long"], "is of preset quick"),
+    for argv, says in (([a, a], "repeats cot rope seed 2"),
+                       ([a, "--epochs", "9"], "is of preset quick (6 layers, 2 epochs"),
                        ([a, "--select", "best_val_ood"], "hold no test at that rule's epoch"),
                        ([a, "--seeds", "1"], "give no --shard"), ([str(tmp_path)], "is a directory")):
         assert evaluate.main(["table1", "--out", str(out), "--merge", *argv]) == 2
         assert says in capsys.readouterr().err
 
 
+def test_committed_two_layer_results_merge_with_the_flags_that_made_them(tmp_path, capsys):
+    out, old = tmp_path / "q.json", json.loads(Path("results/table1_quick.json").read_text())  # the former quick
+    assert evaluate.main(["table1", "--merge", "results/table1_quick.json", "--out", str(out)]) == 2  # 6 layers now
+    assert "is of preset quick (2 layers, 4 epochs, harness code), not --preset quick harness code" in \
+        capsys.readouterr().err
+    assert evaluate.main(["table1", "--merge", "results/table1_quick.json", "--preset", "cot", "--epochs", "4",
+                          "--n-layer", "2", "--out", str(out)]) == 0
+    new = json.loads(out.read_text())
+    def ood(table: dict) -> dict:
+        return {t: {pe: c["ood"] for pe, c in cells.items()} for t, cells in table.items()}
+    assert ood(new["table"]) == ood(old["table"]) and new["harness"]["n_layer"] == 2
+    assert "n_layer" not in new["preset_config"]
+    assert "2 layers" in capsys.readouterr().out.splitlines()[0]
+    assert evaluate.main(["table1", "--merge", "results/table1_levels_cot_6layers.json", "--preset", "cot",
+                          "--out", str(out)]) == 0  # "cot+n_layer=6" then: the code harness's depth now
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
@@ -770,12 +804,12 @@ def _table1_json(ood: dict, ids: dict, seeds: tuple) -> dict:
 def test_table1_closing_lines_one_seed_paired_differences_and_an_unlearned_row():
     data = _table1_json({"rope": (50,), "res_rope": (70,), "yarn": (90,), "res_yarn": (80,)}, {"res_yarn": 94.5}, (7,))
     lines = evaluate.table1_report(data).splitlines()
-    assert lines[0].startswith("Table 1, preset quick: d_model 256 (4 heads × 64, d_ff 1024, 2 layers, 1.6M "
-                               "parameters), 4 epochs of 10,000 sequences, 1 seed (7); harness: the authors'")
-    assert "(d_model 512, 6.3M parameters, 4.0× these) trained 150 epochs, not 4" in lines[1]
+    assert lines[0].startswith("Table 1, preset quick: d_model 128 (2 heads × 64, d_ff 512, 6 layers, 1.2M "
+                               "parameters), 2 epochs of 10,000 sequences, 1 seed (7); harness: the authors'")
+    assert "(d_model 512, 18.9M parameters, 16.0× these) trained 150 epochs, not 2" in lines[1]  # both at 6 layers
     assert "±" not in "".join(lines[2:])  # one seed: no std anywhere
-    assert "  Recursive, Res. RoPE − RoPE: +20.00 (seed 7); ID 99.00 vs 99.00; paper -2.65" in lines
-    assert ("  Recursive, Res. YaRN − YaRN: -10.00 (seed 7); ID 94.50 vs 99.00; paper +2.37; Res. YaRN below 95 % ID: "
+    assert "  Recursive, Res. RoPE − RoPE: +20.00 (seed 7); paper -2.65; ID 99.00 vs 99.00" in lines
+    assert ("  Recursive, Res. YaRN − YaRN: -10.00 (seed 7); paper +2.37; ID 94.50 vs 99.00; Res. YaRN below 95 % ID: "
             "the rule was not fully learned") in lines  # the number is printed all the same
     assert lines[-4:] == [
         "This run: Resonance is ahead of its base row in 1 of 2 pairs (Recursive Res. RoPE − RoPE) and behind in 1 "
@@ -783,16 +817,32 @@ def test_table1_closing_lines_one_seed_paired_differences_and_an_unlearned_row()
         "One seed cannot tell a difference from seed-to-seed noise, and the model is smaller and shorter-trained than "
         "the paper's: neither the sizes nor the signs are a verdict on the paper.",
         "Below 95 % ID, the rule not fully learned: Recursive Res. YaRN.",
-        "Three seeds of the CPU-size model at several budgets, the harness ablation and the paper-size GPU run: "
+        "The 20-seed study at this depth, the 2-layer results (the paper's text) and the paper-size GPU run: "
         "results/table1_*.json, explained in results/README.md."]
+def test_paired_statistics_bootstrap_sign_test_and_seeds_needed_on_known_inputs():
+    assert evaluate.bootstrap_interval([2.0] * 5) == [2.0, 2.0]  # no spread, no interval
+    lo, hi = evaluate.bootstrap_interval([0.0, 1.0], n=10000, seed=0)  # resampled means: 0, ½, 1 (¼, ½, ¼)
+    assert (lo, hi) == (0.0, 1.0) and evaluate.bootstrap_interval([0.0, 1.0], seed=0) == [lo, hi]  # seeded
+    d = np.random.default_rng(1).normal(size=20)
+    lo, hi = evaluate.bootstrap_interval(list(d))
+    assert lo < d.mean() < hi and hi - lo == pytest.approx(2 * 1.96 * d.std() / 20 ** 0.5, rel=0.15)  # ≈ normal CI
+    assert evaluate.sign_test_p([1.0] * 5) == pytest.approx(2 / 32)  # 5 of 5: 2·(½)^5
+    assert evaluate.sign_test_p([1.0] * 15 + [-1.0] * 5) == pytest.approx(2 * sum(math.comb(20, i) for i in range(6))
+                                                                           / 2**20)  # 0.0414
+    assert evaluate.sign_test_p([1.0, -1.0, 0.0]) == 1.0 and evaluate.sign_test_p([0.0, 0.0]) == 1.0  # ties left out
+    assert evaluate.sign_test_p([-1.0] * 10) == evaluate.sign_test_p([1.0] * 10) == pytest.approx(2 / 1024)
+    assert evaluate.seeds_needed(10.0, 2.5) == 128 and evaluate.seeds_needed(1.0, 0.0) == math.inf
 def test_table1_closing_lines_three_seeds_mean_std_and_two_standard_errors():
     ood = {"rope": (50, 60, 55), "res_rope": (70, 79, 76), "yarn": (90, 90, 90), "res_yarn": (91, 89, 90)}
     lines = evaluate.table1_report(_table1_json(ood, {"rope": 94.0}, (1, 2, 3))).splitlines()
     # Res. RoPE − RoPE = 20, 19, 21: mean 20 ± 1, far past 2 standard errors; Res. YaRN − YaRN = 1, -1, 0: not
-    assert ("  Recursive, Res. RoPE − RoPE: +20.00 ± 1.00 over 3 seeds (seed 1: +20.00, seed 2: +19.00, seed 3: "
-            "+21.00); ID 99.00 vs 94.00; paper -2.65; RoPE below 95 % ID: the rule was not fully learned") in lines
-    assert ("  Recursive, Res. YaRN − YaRN: +0.00 ± 1.00 over 3 seeds (seed 1: +1.00, seed 2: -1.00, seed 3: +0.00); "
-            "ID 99.00 vs 99.00; paper +2.37") in lines
+    i = lines.index("  Recursive, Res. RoPE − RoPE: +20.00 ± 1.00 over 3 seeds, SE 0.58, 95 % bootstrap CI [+19.00, "
+                    "+21.00], Resonance ahead in 3 of 3, sign test p = 0.25; paper -2.65 (~1 seeds to find it at this "
+                    "sd); ID 99.00 vs 94.00; RoPE below 95 % ID: the rule was not fully learned")
+    assert lines[i + 1] == "    per seed: 1 +20.00, 2 +19.00, 3 +21.00"
+    assert ("  Recursive, Res. YaRN − YaRN: +0.00 ± 1.00 over 3 seeds, SE 0.58, 95 % bootstrap CI [-1.00, +1.00], "
+            "Resonance ahead in 1 of 3, sign test p = 1; paper +2.37 (~1 seeds to find it at this sd); ID 99.00 vs "
+            "99.00") in lines  # a tie (seed 3) counts for neither side
     assert "| RoPE | 55.00 ± 5.00 (94.00) † | 65.29 (0.43) |" in lines
     assert lines[-3:-1] == ["More than 2 standard errors (std/√n) from 0: Recursive Res. RoPE − RoPE; the others are "
                             "within seed noise. The levels are not the paper's (smaller model, shorter training).",
@@ -1469,7 +1519,7 @@ evaluate.py table1 --protocol appendix => invalid choice: 'appendix'
 evaluate.py table1 --freeze-ffn maybe => argument --freeze-ffn: expected true or false, got 'maybe'
 evaluate.py ablation --variants nope => invalid choice: 'nope'
 evaluate.py ablation --seeds -3 => argument --seeds: must be in [0, 4294967295], got -3
-evaluate.py ablation --preset long --out results/table1_ablation.json => is not an ablation results file of preset long
+evaluate.py ablation --preset cot --out results/table1_ablation.json => is not an ablation results file of preset cot
 evaluate.py ablation --out {d}/doc.jsonl => is not valid JSON
 evaluate.py fig4 --pes nope => pe must be [res_]METHOD[:FACTOR]
 evaluate.py fig4 --tokens 0 => argument --tokens: must be in [1, inf], got 0
@@ -1617,11 +1667,12 @@ def test_fig3_has_whole_epoch_ticks_and_budget_presets_are_quick_trained_longer(
             for pe in finetune.PE_NAMES]
     evaluate.plot_fig3(runs, tmp_path / "f.png", "x")
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
-    for name, epochs in (("quick24", 24), ("quick48", 48)):  # the training-budget axis: only the epochs differ
-        assert finetune.PRESETS[name] == dataclasses.replace(finetune.PRESETS["quick"], name=name, epochs=epochs)
-    quick = finetune.PRESETS["quick"]
-    assert (quick.d_model, quick.n_head, quick.d_ff, quick.n_layer, quick.n_train, quick.batch_size, quick.lr,
-            quick.val_every) == (256, 4, 1024, 2, 10000, 32, 1e-3, 2)
+    quick, cot = finetune.PRESETS["quick"], finetune.PRESETS["cot"]
+    assert (quick.d_model, quick.n_head, quick.d_ff, quick.epochs, quick.n_train, quick.batch_size, quick.lr,
+            quick.val_every) == (128, 2, 512, 2, 10000, 32, 1e-3, 2)  # the main job at the code harness's 6 layers
+    former_quick = dataclasses.replace(cot, name="quick", epochs=4, tasks=("recursive", "cot"))  # at --n-layer 2
+    assert dataclasses.astuple(former_quick) == ("quick", 256, 4, 1024, 0.1, 10000, 250, 500, 64, 256, 4, 32, 1e-3,
+                                                 1e-2, 0.1, 2, (5549,), 1, 3, 17, True, "tf32", ("recursive", "cot"))
 def test_budget_command_plots_and_tables_paired_differences_against_epochs(tmp_path, capsys):
     paths, ood = [], {"rope": 40.0, "res_rope": 42.0, "yarn": 60.0, "res_yarn": 55.0}  # OOD at epochs 4 / seed 1
     for epochs in (4, 8, 16):  # each budget, each seed: Res. RoPE − RoPE = 2 + epochs/4 + seed, Res. YaRN − YaRN = -5
@@ -1630,7 +1681,8 @@ def test_budget_command_plots_and_tables_paired_differences_against_epochs(tmp_p
                 for t in ("recursive", "cot") for pe, o in ood.items() for s in (1, 2)]
         config = dataclasses.asdict(dataclasses.replace(finetune.PRESETS["quick"], name=f"e{epochs}", epochs=epochs))
         paths.append(tmp_path / f"a{epochs}.json")
-        paths[-1].write_text(json.dumps({"preset_config": config, "variants": [{"name": "full", "runs": runs}]}))
+        full = {"name": "full", "runs": runs, "harness": dataclasses.asdict(finetune.HARNESSES["code"])}
+        paths[-1].write_text(json.dumps({"preset_config": config, "variants": [full]}))
     out = tmp_path / "b.png"
     assert evaluate.main(["budget", "--inputs", *map(str, paths), "--out", str(out)]) == 0
     text = capsys.readouterr().out
