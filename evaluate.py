@@ -27,7 +27,6 @@ import re
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -140,49 +139,6 @@ def spawn_pool(jobs: int) -> ProcessPoolExecutor:
                                initargs=(max(1, torch.get_num_threads() // jobs),))
 
 
-def _seeds_together_rate(device: str, preset: str, n_seeds: int) -> float:
-    """Run-steps per second of ``n_seeds`` runs trained at once in this process (``ft.stack_runs``,
-    ``ft.seeds_step``; B = 128 sequences each, as ``bench_train_mfu``; the full ``code`` harness), after warm-up."""
-    dev = torch.device(device)
-    with tempfile.TemporaryDirectory() as root:  # open_run writes nothing: the runs live in memory only
-        runs = [ft.open_run("recursive", "rope", seed, preset, "code", root, device) for seed in range(n_seeds)]
-    st, batch = ft.stack_runs(runs), [torch.arange(128, device=dev)] * n_seeds
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            ft.seeds_step(st, batch)
-        sync()
-
-    steps(3)
-    n = 50 if dev.type == "cuda" else 2
-    (t,) = _best_times(lambda: steps(n), repeat=3)
-    return n_seeds * n / t
-
-
-PAPER_RUN_STEPS = 30 * 150 * 79  # Table 1 at the paper's size under `code`: 30 training runs of 150 × 79 steps
-
-
-def bench_train_seeds(device: str = "cpu") -> list[dict]:
-    """Training throughput in run-steps per second (one run advancing one step), three ways (the paper preset on
-    CUDA, ``quick`` on the CPU): 1 process × 1 seed (``bench_train_mfu``), N processes × 1 seed (``table1 --jobs
-    N``: the processes take turns on one device), 1 process × N seeds (``table1 --seeds-together``), N = 5. On
-    CUDA the target is the issue's: the paper preset's 355,500 run-steps in 8 minutes (741 run-steps/s)."""
-    preset, n = ("paper" if torch.device(device).type == "cuda" else "quick"), 5
-    with spawn_pool(1) as pool:
-        one = 1 / pool.submit(bench_train_mfu, str(device), preset).result()[0]["ours_s"]
-    with spawn_pool(n) as pool:
-        apart = sum(1 / r[0]["ours_s"] for r in pool.map(bench_train_mfu, [str(device)] * n, [preset] * n))
-    with spawn_pool(1) as pool:
-        together = pool.submit(_seeds_together_rate, str(device), preset, n).result()
-    goal = PAPER_RUN_STEPS / 480
-    target, cuda = (f">= {goal:.0f} run-steps/s", True) if preset == "paper" else ("info", False)
-    return [_row(f"train {preset}, {name}: {rate:.1f} run-steps/s", 1 / rate, "1 process x 1 seed", 1 / one,
-                 target if cuda else "info", rate >= goal or not cuda)
-            for name, rate in (("1 process x 1 seed", one), (f"{n} processes x 1 seed", apart),
-                               (f"1 process x {n} seeds", together))]
-
-
 def bench_llama_forward(device: str = "cpu") -> list[dict]:
     """SmolLM2-135M forward (logits at every position), fp32, at 2K and 8K tokens: ours against transformers'
     LlamaForCausalLM (sdpa) on the same GGUF weights, the same loss required; then the peak memory (VmHWM) of a
@@ -215,13 +171,13 @@ def bench_llama_forward(device: str = "cpu") -> list[dict]:
 
 
 SPEED_BENCHES = {"rope_table": bench_rope_table, "posgen": bench_posgen, "train_mfu": bench_train_mfu,
-                 "train_seeds": bench_train_seeds, "llama_forward": bench_llama_forward}
+                 "llama_forward": bench_llama_forward}
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
     print(f"{'benchmark':<40} {'ours':>10} {'baseline':<34} {'base':>10} {'ratio':>8}  target / ok")
     all_ok = True
-    for name in args.only or [b for b in SPEED_BENCHES if b != "train_seeds" or args.device.type == "cuda"]:
+    for name in args.only or SPEED_BENCHES:
         for r in SPEED_BENCHES[name](args.device):
             all_ok &= r["ok"]
             print(f"{r['name']:<40} {r['ours_s']:>9.4f}s {r['baseline']:<34} {r['baseline_s']:>9.4f}s "
@@ -250,31 +206,6 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def cmd_posgen(args: argparse.Namespace) -> int:
-    """Test one trained run: ID / OOD / per-position teacher-forced accuracy on its test split."""
-    if args.checkpoint is None and (args.task is None or args.pe is None):
-        raise ValueError("give --checkpoint, or --task and --pe (with --preset, --protocol, --seed)")
-    harness = ft.harness_from_args(args)
-    path = args.checkpoint or ft.run_dir(args.runs_dir, ft.preset_from_args(args), harness, args.task,
-                                         ft.training_run_pe(args.pe, harness.protocol), args.seed)
-    net, state = ft.load_posgen_checkpoint(path, args.pe, harness.select)
-    meta, p = state["meta"], ft.preset_of(state["meta"]["preset"])
-    if len(state["history"]) < p.epochs:
-        print(f"note: the run is unfinished (epoch {len(state['history'])}/{p.epochs})", file=sys.stderr)
-    r = ft.evaluate_posgen(net.to(args.device), ft.posgen_data(meta)["test"], p, args.device)
-    print(f"{meta['task']} {args.pe or meta['pe']} seed {meta['seed']} ({p.name} preset, harness {meta['harness']}, "
-          f"trained as {meta['pe']}, epoch {state['epoch']} of {p.epochs}, {harness.select}); evaluated with "
-          f"{net.config.pe}\ntest loss {r['loss']:.4f}   ID acc (positions {p.j + p.k}-{p.train_len - 1}) "
-          f"{100 * r['id_acc']:.2f}%   OOD acc (positions {p.train_len}-{p.test_len - 1}) {100 * r['ood_acc']:.2f}%"
-          "\naccuracy (%) per position:")
-    for start in range(0, len(r["per_position"]), 16):
-        cells = " ".join("   -" if a is None else f"{100 * a:4.0f}" for a in r["per_position"][start:start + 16])
-        print(f"{start:>4}-{min(start + 15, len(r['per_position']) - 1):<4} {cells}")
-    if args.json:
-        model_lib.write_json(args.json, {"meta": meta, "epoch": state["epoch"], **r})
-    return 0
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -551,25 +482,20 @@ def _save(fig, path: str | Path) -> None:
     _pyplot().close(fig)
 
 
-def training_units(tasks, pes, seeds, protocol: str, together: bool = False) -> list[list[tuple[str, str, int]]]:
+def training_units(tasks, pes, seeds, protocol: str) -> list[list[tuple[str, str, int]]]:
     """The grid's (task, PE, seed) cells grouped by the training run they share (under ``code`` a YaRN row is its
-    RoPE row's run), or with ``together`` by the (task, training run) whose seeds train at once; in grid order:
-    the unit of work a shard or a job takes."""
+    RoPE row's run), in grid order: the unit of work a job takes."""
     units: dict[tuple, list] = {}
     for cell in ((t, pe, s) for t in tasks for pe in pes for s in seeds):
-        units.setdefault((cell[0], ft.training_run_pe(cell[1], protocol), None if together else cell[2]), []).append(
-            cell)
+        units.setdefault((cell[0], ft.training_run_pe(cell[1], protocol), cell[2]), []).append(cell)
     return list(units.values())
 
 
 def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, device: str) -> list[dict]:
-    """Train (or reuse) one unit's training runs — a unit of several seeds trains them at once
-    (``ft.train_posgen_seeds``) — and report each cell as the compact rows the results JSON keeps: the reported
-    accuracies, every selection rule's, timing, and the curves (val and test at every validation: ``curves`` =
-    {"epoch": [...], "val_loss": [...], "test_ood_acc": [...], ...})."""
-    rows, keys, seeds = [], ("epoch", *ft.CURVE_KEYS[1:]), list(dict.fromkeys(s for _, _, s in unit))
-    if len(seeds) > 1:
-        ft.train_posgen_seeds(unit[0][0], unit[0][1], seeds, preset, harness, runs_dir, device)
+    """Train (or reuse) one unit's training run and report each of its cells as the compact rows the results JSON
+    keeps: the reported accuracies and test accuracy per position, every selection rule's, timing, and the curves
+    (val and test at every validation: ``curves`` = {"epoch": [...], "val_loss": [...], "test_ood_acc": ...})."""
+    rows, keys = [], ("epoch", *ft.CURVE_KEYS[1:])
     for task, pe, seed in unit:
         r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
         validated = [h for h in r["history"] if "val_loss" in h]
@@ -600,12 +526,11 @@ def reselect(runs: list[dict], rule: str) -> list[dict]:
 
 def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: argparse.Namespace,
               on_unit: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Every (task, PE, seed) cell under one harness, trained or reused, in grid order. ``args.shard`` (i, n):
-    only the i-th of n disjoint shares of the training runs; ``args.jobs`` N: N runs at once, each in its own
-    process (spawned, with a 1/N share of the threads) and run directory. ``on_unit(rows so far)`` after each run."""
-    units = training_units(tasks, pes, seeds, harness.protocol, getattr(args, "seeds_together", False))
-    i, n = getattr(args, "shard", None) or (0, 1)
-    units, jobs, rows, done, t0 = units[i::n], getattr(args, "jobs", 1), {}, 0, time.perf_counter()
+    """Every (task, PE, seed) cell under one harness, trained or reused, in grid order. ``args.jobs`` N: N runs at
+    once, each in its own process (spawned, with a 1/N share of the threads) and run directory. ``on_unit(rows so
+    far)`` after each run."""
+    units, jobs, rows, done, t0 = training_units(tasks, pes, seeds, harness.protocol), args.jobs, {}, 0, \
+        time.perf_counter()
 
     def finished(unit_rows: list[dict]) -> None:
         nonlocal done
@@ -666,7 +591,7 @@ def same_training(config: dict, preset: ft.Preset) -> bool:
 
 
 def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:
-    """The runs held by table1 JSONs of one preset and harness (shards, or calls on other tasks, PEs or seeds), in
+    """The runs held by table1 JSONs of one preset and harness (calls on other tasks, PEs or seeds), in
     grid order, each (task, PE, seed) from one file only, reported under ``harness.select`` whatever rule the file
     reported (``reselect``); and where and how each file's call ran. A file's preset matches by its fields."""
     runs: dict[tuple, dict] = {}
@@ -714,25 +639,25 @@ def by_rule(runs: list[dict]) -> dict:
 
 
 def cmd_table1(args: argparse.Namespace) -> int:
-    """Table 1 and Figure 3: every (task × PE × seed) of a preset (or one shard of them); finished runs are reused,
+    """Table 1 and Figure 3: every (task × PE × seed) of a preset; finished runs are reused,
     and the results JSON is rewritten after every finished training run. ``--merge``: no training, the runs of
-    earlier table1 JSONs (shards, or calls on other subsets) combined into one."""
+    earlier table1 JSONs (calls on other subsets) combined into one."""
     preset, harness = ft.preset_from_args(args), ft.harness_from_args(args)
-    if args.merge and (args.shard or args.seeds or args.tasks or args.pes):
-        raise ValueError("--merge combines the files' runs as they are: give no --shard, --seeds, --tasks or --pes")
+    if args.merge and (args.seeds or args.tasks or args.pes or args.jobs != 1):
+        raise ValueError("--merge combines the files' runs as they are and trains nothing: give no --seeds, --tasks, "
+                         "--pes or --jobs")
     runs, parts = merged_runs(args.merge, preset, harness) if args.merge else (None, None)
     seeds = list(dict.fromkeys(r["seed"] for r in runs)) if runs else args.seeds or list(preset.seeds)
     own_select = harness.select == ft.HARNESSES[harness.protocol].select
     tag = harness.name + ("" if own_select else f"+select={harness.select}")
-    suffix = ("" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")) + (
-        f"_shard{args.shard[0]}of{args.shard[1]}" if args.shard else "")
+    suffix = "" if tag == "code" else "_" + tag.replace("+", "_").replace("=", "-")
     out = Path(args.out or f"runs/table1_{preset.name}{suffix}.json")
     t0, steps = time.perf_counter(), preset.epochs * math.ceil(preset.n_train / preset.batch_size)
 
     def results(runs: list[dict]) -> dict:
         summary, train_s = table1_summary(runs), sum(r["train_s"] for r in runs)
         return {
-            "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds, "shard": args.shard,
+            "preset": preset.name, "harness": dataclasses.asdict(harness), "seeds": seeds,
             "wall_s": time.perf_counter() - t0, "device": device_name(args.device), "threads": torch.get_num_threads(),
             "precision": preset.precision if torch.device(args.device).type == "cuda" else "fp32", "jobs": args.jobs,
             "steps_per_s": steps * sum(r["trained_as"] == r["pe"] for r in runs) / train_s if train_s else None,
@@ -1306,21 +1231,13 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
                    help="cpu, cuda or cuda:N (default %(default)s)")
 
 
-def shard(text: str) -> tuple[int, int]:
-    """An argparse type: "I/N" with 0 <= I < N (a SLURM array: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)."""
-    i, slash, n = text.partition("/")
-    if not (slash and i.isdigit() and n.isdigit() and int(i) < int(n)):
-        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
-    return int(i), int(n)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ft.Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ft.Parser)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
     p.add_argument("--device", default=torch.device("cpu"), type=ft.device,
-                   help="where train_mfu and train_seeds train (default cpu; train_seeds runs by default on CUDA only)")
+                   help="where train_mfu trains (default cpu)")
     p.set_defaults(func=cmd_speed)
     _add_posgen_commands(sub)
     _add_llama_commands(sub)
@@ -1328,16 +1245,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("posgen", help="test one trained PosGen run: ID, OOD and per-position accuracy")
-    p.add_argument("--checkpoint", help="a run directory or its ckpt.pt (else give --task and --pe)")
-    p.add_argument("--task", choices=posgen.TASKS, help="without --checkpoint: the run's rule")
-    p.add_argument("--pe", choices=ft.PE_NAMES, help="with --checkpoint: the row whose table to use (default: its own)")
-    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=5549, help="the run's seed (default "
-                   "%(default)s)")
-    ft.add_posgen_args(p)
-    p.add_argument("--json", type=ft.path_for("file"), help="also write the numbers to this JSON file")
-    p.set_defaults(func=cmd_posgen)
-
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
     p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", help="override the preset's seeds")
     p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, help="the PosGen rules (default: the preset's)")
@@ -1345,13 +1252,10 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     ft.add_posgen_args(p)
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path; the figure goes beside it "
                    "(default runs/table1_<preset>[_<harness>].json)")
-    p.add_argument("--shard", type=shard, help="I/N: train only the I-th (0 … N-1) of N disjoint shares of the runs")
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
-    p.add_argument("--seeds-together", action="store_true", help="train each (task, PE)'s seeds at once in one "
-                   "process, the seeds as a batch dimension (finetune.train_posgen_seeds; default: one run each)")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: combine these table1 JSONs of the "
-                   "preset and harness (shards, or calls on other tasks, PEs or seeds) into --out, reported under "
+                   "preset and harness (calls on other tasks, PEs or seeds) into --out, reported under "
                    "--select")
     p.add_argument("--every-rule", action="store_true", help="also print Table 1 under every selection rule, from "
                    "the curves (default: only --select's)")

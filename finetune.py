@@ -15,7 +15,6 @@ checkpoint and end bit-identical to an uninterrupted run on CPU. A user mistake 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import math
@@ -194,7 +193,7 @@ PE_NAMES = ("rope", "res_rope", "yarn", "res_yarn")  # the rows of Table 1
 PROTOCOLS = ("code", "paper")
 PRECISIONS = ("tf32", "fp32", "bf16")
 SELECT_RULES = ("best_val_id", "last", "min_val_loss", "best_val_id_x4", "best_val_ood")
-KEPT_RULES = SELECT_RULES[:2]  # the rules whose weights a run keeps (best-<row>.pt, ckpt.pt)
+KEPT_RULES = SELECT_RULES[:2]  # the rules whose epochs a run keeps the test accuracy per position of
 
 
 def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
@@ -292,7 +291,6 @@ class Preset:
     j: int = 1
     k: int = 3
     modulus: int = 17
-    compile: bool = True            # torch.compile on CUDA (never on CPU, where it does not pay off here)
     precision: str = "tf32"         # on CUDA, one of PRECISIONS: "tf32" (fp32 weights, TF32 matmuls), "fp32" (the
                                     # authors' precision: 32, no TF32), "bf16" (autocast); on CPU always fp32
     tasks: tuple[str, ...] = posgen.TASKS  # what `evaluate.py table1` runs by default
@@ -483,236 +481,55 @@ def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
     return max(validated, key=lambda h: sign * h["val"][pe][key])  # max returns the first maximum
 
 
-@dataclasses.dataclass
-class PosgenRun:
-    """One training run of one (task, PE, seed), as ``open_run`` builds (and resumes) it: what it trains and with
-    what, and ``state`` = {"epoch", "elapsed_s", "history", "rng_data", …}, the checkpoint's bookkeeping."""
-
-    meta: dict
-    out: Path                     # its run directory
-    preset: Preset
-    net: model_lib.TinyTransformer
-    train_pe: PE
-    tables: dict[str, PE]         # every row sharing the run → its evaluation table
-    data: dict[str, np.ndarray]
-    x: torch.Tensor               # the training inputs and targets (lm_batch), on the device
-    y: torch.Tensor
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LRScheduler
-    gen: torch.Generator          # the data order
-    state: dict
-
-
-def open_run(task: str, pe: str, seed: int, preset: str | Preset, harness: str | Harness, runs_root: str | Path,
-             device: str) -> PosgenRun:
-    """Build the run of one (task, PE, seed) — model initialised after ``torch.manual_seed(seed)``, data,
-    ``posgen_optimizer``, a data-order generator seeded with the seed — and resume it from its checkpoint."""
-    (preset, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
-    sharing = pes_sharing(pe, harness.protocol)
-    meta = run_meta(task, sharing[0], seed, preset, harness)
-    torch.manual_seed(seed)
-    (net, train_pe), data = posgen_model(meta), posgen_data(meta)
-    tables = {p: posgen_pes(p, harness.protocol, preset.train_len, preset.test_len)[1] for p in sharing}
-    steps = math.ceil(preset.n_train / preset.batch_size)
-    opt, sched = posgen_optimizer(net.to(dev), preset, harness.schedule, steps * preset.epochs)
-    out, gen = run_dir(runs_root, preset, harness, task, sharing[0], seed), torch.Generator().manual_seed(seed)
-    state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
-    if "rng_data" in state:
-        gen.set_state(state["rng_data"])
-    x, y = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), preset.modulus, preset.j + preset.k))
-    return PosgenRun(meta, out, preset, net, train_pe, tables, data, x, y, opt, sched, gen, state)
-
-
-def end_epoch(run: PosgenRun, epoch: int, loss: float, seconds: float, **extra) -> dict:
-    """Close epoch ``epoch`` (0-based) of a run, whichever loop trained it: validate (every ``val_every`` epochs
-    and the last: the curves), keep each row's new best (``best-<row>.pt``), checkpoint (with ``extra``), log."""
-    p, dev = run.preset, run.x.device
-    row = {"epoch": epoch + 1, "loss": loss, "lr": run.sched.get_last_lr()[0]}
-    if (epoch + 1) % p.val_every == 0 or epoch + 1 == p.epochs:
-        row["val"] = _validate_rows(run.net, run.tables, run.train_pe, run.data, p, dev)
-    row["elapsed_s"] = run.state["elapsed_s"] + seconds
-    run.state["history"].append(row)
-    run.state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=run.gen.get_state(), **extra)
-    best = {"meta": run.meta, "epoch": epoch + 1, "model": run.net.state_dict()}
-    for pe in run.tables if "val" in row else ():  # a new best: the first epoch reaching the best val ID accuracy
-        if select_epoch(run.state["history"], pe, "best_val_id") is row:
-            atomic_write(run.out / f"best-{pe}.pt", lambda f, best=best: torch.save(best, f))
-    save_training(run.out / "ckpt.pt", run.meta, run.net, run.opt, run.sched,
-                  **{k: run.state[k] for k in ("epoch", "elapsed_s", "history", "rng_data", *extra)})
-    write_json(run.out / "log.json", {"meta": run.meta, "epochs": run.state["history"]})
-    return row
-
-
-def _progress_line(run: PosgenRun, row: dict) -> str:
-    m, val = run.meta, "".join(f"  {p}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
-                               for p, v in row.get("val", {}).items())
-    return (f"{m['task']}/{m['pe']}/seed{m['seed']} epoch {row['epoch']}/{run.preset.epochs}  loss {row['loss']:.3f}"
-            + val)
-
-
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
                  runs_root: str | Path = "runs", device: str = "cpu", stop_after: int | None = None) -> dict:
     """Train the run of one (task, PE, seed), resuming from its checkpoint if one exists.
 
-    Cross-entropy on every token after the given prefix; ``posgen_optimizer``; batches from a seeded generator
-    checkpointed with the model, optimizer, schedule and dropout RNG. Every ``val_every`` epochs (and the last)
-    the val and test splits are scored under the evaluation table of every row sharing this run (the curves,
-    ``_validate_rows``), and a row's best-val-ID weights are kept (``best-<row>.pt``) beside the last ones.
-    ``stop_after``: at most this many epochs in this call (as if killed). Returns {"epoch", "elapsed_s",
-    "history"}: rows {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: accuracies}.
+    The model is initialised after ``torch.manual_seed(seed)``; cross-entropy on every token after the given
+    prefix; ``posgen_optimizer``; batches drawn by a generator seeded with the seed, checkpointed with the model,
+    optimizer, schedule and dropout RNG after every epoch. Every ``val_every`` epochs (and the last) the val and
+    test splits are scored under the evaluation table of every row sharing this run (the curves,
+    ``_validate_rows``). ``stop_after``: at most this many epochs in this call (as if killed). Returns {"epoch",
+    "elapsed_s", "history"}: rows {"epoch", "loss", "lr", "elapsed_s"} and, on validation epochs, "val": {row: …}.
     """
-    run = open_run(task, pe, seed, preset, harness, runs_root, device)
-    p, net = run.preset, run.net
-    fwd = torch.compile(net) if p.compile and run.x.device.type == "cuda" else net
-    t_call, first, steps = time.perf_counter(), run.state["epoch"], math.ceil(p.n_train / p.batch_size)
-    for epoch in range(first, p.epochs if stop_after is None else min(p.epochs, first + stop_after)):
-        t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(run.x), generator=run.gen).to(run.x.device), 0.0
+    (p, harness), dev = check_run_args(task, pe, preset, harness), torch.device(device)
+    sharing = pes_sharing(pe, harness.protocol)
+    meta, out = run_meta(task, sharing[0], seed, p, harness), run_dir(runs_root, p, harness, task, sharing[0], seed)
+    torch.manual_seed(seed)
+    (net, train_pe), data = posgen_model(meta), posgen_data(meta)
+    tables = {row: posgen_pes(row, harness.protocol, p.train_len, p.test_len)[1] for row in sharing}
+    steps = math.ceil(p.n_train / p.batch_size)
+    opt, sched = posgen_optimizer(net.to(dev), p, harness.schedule, steps * p.epochs)
+    state = resume_training(out / "ckpt.pt", meta, net, opt, sched) or {"epoch": 0, "elapsed_s": 0.0, "history": []}
+    gen = torch.Generator().manual_seed(seed)  # the data order
+    if "rng_data" in state:
+        gen.set_state(state["rng_data"])
+    x, y = (t.to(dev) for t in lm_batch(torch.from_numpy(data["train"]), p.modulus, p.j + p.k))
+    fwd = torch.compile(net) if dev.type == "cuda" else net  # not on CPU, where it does not pay off here
+    t_call, first = time.perf_counter(), state["epoch"]
+    last = p.epochs if stop_after is None else min(p.epochs, first + stop_after)
+    for epoch in range(first, last):
+        t0, perm, loss_sum = time.perf_counter(), torch.randperm(len(x), generator=gen).to(dev), 0.0
         net.train()
         for idx in perm.split(p.batch_size):
-            loss_sum += posgen_step(fwd, run.opt, run.sched, run.x[idx], run.y[idx], p.precision)
-        row = end_epoch(run, epoch, float(loss_sum) / steps, time.perf_counter() - t0)
-        progress(_progress_line(run, row), epoch + 1 - first, p.epochs - first, time.perf_counter() - t_call)
-    return run.state
-
-
-@dataclasses.dataclass
-class StackedRuns:
-    """Several seeds' runs of one (task, PE) as one batched model (``stack_runs``): every weight and Adam moment
-    stacked on a leading seed dimension, one optimizer and schedule, and each seed's dropout generator."""
-
-    runs: list[PosgenRun]
-    params: dict[str, torch.Tensor]  # name → (N, …); frozen weights get no gradient
-    buffers: dict[str, torch.Tensor]
-    losses_of: Callable             # (params, buffers, x (N, B, T), y, noise (N, n) or None) → (N,) losses
-    opt: torch.optim.AdamW
-    sched: torch.optim.lr_scheduler.LRScheduler
-    noise: list[torch.Generator]    # each seed's dropout stream (model.DropoutStream's noise)
-
-
-def stack_runs(runs: list[PosgenRun]) -> StackedRuns:
-    """Stack the runs (PyTorch's model-ensembling recipe: ``torch.func.stack_module_state``, ``functional_call``
-    on a weightless copy, ``vmap`` over the seeds), resumed where they stand."""
-    p, dev, nets = runs[0].preset, runs[0].x.device, [r.net for r in runs]
-    params, buffers = torch.func.stack_module_state(nets)
-    base = copy.deepcopy(nets[0]).to("meta").train()  # weightless: called with each seed's weights
-    if base.config.tie_head:  # .to("meta") unties the head
-        base.head.weight = base.tok_emb.weight
-    noise = [torch.Generator(dev).manual_seed(r.meta["seed"]) for r in runs]
-    for g, r in zip(noise, runs, strict=True):
-        if "rng_dropout" in r.state:
-            g.set_state(r.state["rng_dropout"])
-
-    def loss_one(w: dict, b: dict, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        return torch.func.functional_call(base, (w, b), (x, y), {"noise": u})[1]
-
-    losses_of = torch.func.vmap(loss_one, in_dims=(0, 0, 0, 0, 0 if p.dropout else None))
-    losses_of = torch.compile(losses_of) if p.compile and dev.type == "cuda" else losses_of
-    return StackedRuns(runs, params, buffers, losses_of, *_stack_optimizer(runs, params), noise)
-
-
-def seeds_step(st: StackedRuns, idx: list[torch.Tensor]) -> torch.Tensor:
-    """One optimiser step of every seed at once on its own batch (``idx[i]``: rows of run i's training data);
-    the seeds' losses, summed for one backward, each give their own seed's gradient. Returns the (N,) losses."""
-    p, dev = st.runs[0].preset, st.runs[0].x.device
-    x, y = (torch.stack([getattr(r, k)[i] for r, i in zip(st.runs, idx, strict=True)]) for k in "xy")
-    u = torch.stack([torch.rand(st.runs[0].net.noise_numel(*x.shape[1:]), generator=g, device=dev)
-                     for g in st.noise]) if p.dropout else None
-    with _autocast(dev, p.precision):
-        losses = st.losses_of(st.params, st.buffers, x, y, u)
-    st.opt.zero_grad(set_to_none=True)
-    losses.sum().backward()
-    st.opt.step()
-    st.sched.step()
-    return losses.detach()
-
-
-def train_posgen_seeds(task: str, pe: str, seeds: list[int], preset: str | Preset = "quick",
-                       harness: str | Harness = "code", runs_root: str | Path = "runs", device: str = "cpu",
-                       stop_after: int | None = None) -> list[dict]:
-    """Train the runs of one (task, PE) for several seeds at once, in one process, the seeds as a batch dimension
-    (``stack_runs``), so one step launches the kernels of N runs once. What a run is stays per seed: its
-    initialisation, data order, dropout masks (noise from a generator of its own, ``model.DropoutStream``), and
-    its run directory, written every epoch by ``end_epoch`` as ``train_posgen`` writes it — either loop resumes
-    the other's runs. One AdamW over the stacked weights is N AdamWs (every update is elementwise). The seeds'
-    runs must stand at the same epoch. Returns each seed's state, in order."""
-    runs = [open_run(task, pe, s, preset, harness, runs_root, device) for s in seeds]
-    epochs = {s: r.state["epoch"] for s, r in zip(seeds, runs, strict=True)}
-    if len(set(epochs.values())) > 1 or len(epochs) < len(seeds):
-        raise ValueError(f"seeds must be distinct runs at the same epoch, got seed: epoch {epochs} for {seeds}")
-    st, p, dev = stack_runs(runs), runs[0].preset, runs[0].x.device
-    t_call, first, steps = time.perf_counter(), runs[0].state["epoch"], math.ceil(p.n_train / p.batch_size)
-    for epoch in range(first, p.epochs if stop_after is None else min(p.epochs, first + stop_after)):
-        t0, loss_sum = time.perf_counter(), torch.zeros(len(runs), device=dev)
-        perms = [torch.randperm(len(r.x), generator=r.gen).to(dev).split(p.batch_size) for r in runs]
-        for idx in zip(*perms, strict=True):
-            loss_sum += seeds_step(st, list(idx))
-        seconds = (time.perf_counter() - t0) / len(runs)  # each run's share of the epoch's time
-        for i, (r, g) in enumerate(zip(runs, st.noise, strict=True)):
-            _unstack_into(r, i, st.params, st.opt, st.sched)
-            row = end_epoch(r, epoch, float(loss_sum[i]) / steps, seconds, rng_dropout=g.get_state())
-            progress(_progress_line(r, row), epoch + 1 - first, p.epochs - first, time.perf_counter() - t_call)
-    return [r.state for r in runs]
-
-
-def _stack_optimizer(runs: list[PosgenRun], params: dict) -> tuple[torch.optim.AdamW, object]:
-    """One AdamW and schedule over the stacked weights, in the runs' parameter groups, each seed's Adam moments
-    (if resumed) stacked, and the schedule where the runs' stand (they stand alike)."""
-    names = {id(w): n for n, w in runs[0].net.named_parameters()}
-    opt = torch.optim.AdamW([g | {"params": [params[names[id(w)]] for w in g["params"]]}
-                             for g in runs[0].opt.param_groups])
-    for name, w in params.items():
-        if (moments := [r.opt.state.get(dict(r.net.named_parameters())[name]) for r in runs])[0]:
-            opt.state[w] = {"step": moments[0]["step"].clone()} | {k: torch.stack([m[k] for m in moments]) for k in
-                                                                   ("exp_avg", "exp_avg_sq")}
-    sched = type(runs[0].sched)(opt, runs[0].preset.lr, total_steps=runs[0].sched.total_steps)  # OneCycleLR
-    sched.load_state_dict(runs[0].sched.state_dict())
-    for stacked, mine in zip(opt.param_groups, runs[0].opt.param_groups, strict=True):  # lr, β1 where they stood
-        stacked.update({k: v for k, v in mine.items() if k != "params"})
-    return opt, sched
-
-
-@torch.no_grad()
-def _unstack_into(run: PosgenRun, i: int, params: dict, opt, sched) -> None:
-    """Seed ``i``'s slice of the stacked weights, Adam moments and schedule, copied into its own run's model,
-    optimizer and scheduler (which ``end_epoch`` validates and checkpoints)."""
-    for name, w in run.net.named_parameters():
-        w.copy_(params[name][i])
-        if params[name] in opt.state:
-            st = opt.state[params[name]]
-            run.opt.state[w] = {"step": st["step"].clone(), "exp_avg": st["exp_avg"][i].clone(),
-                                "exp_avg_sq": st["exp_avg_sq"][i].clone()}
-    for mine, stacked in zip(run.opt.param_groups, opt.param_groups, strict=True):
-        mine.update({k: v for k, v in stacked.items() if k != "params"})
-    run.sched.load_state_dict(sched.state_dict())
+            loss_sum += posgen_step(fwd, opt, sched, x[idx], y[idx], p.precision)
+        row = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "lr": sched.get_last_lr()[0],
+               "elapsed_s": state["elapsed_s"] + time.perf_counter() - t0}
+        if (epoch + 1) % p.val_every == 0 or epoch + 1 == p.epochs:
+            row["val"] = _validate_rows(net, tables, train_pe, data, p, dev)
+        state["history"].append(row)
+        state.update(epoch=epoch + 1, elapsed_s=row["elapsed_s"], rng_data=gen.get_state())
+        save_training(out / "ckpt.pt", meta, net, opt, sched,
+                      **{k: state[k] for k in ("epoch", "elapsed_s", "history", "rng_data")})
+        write_json(out / "log.json", {"meta": meta, "epochs": state["history"]})
+        progress(f"{task}/{sharing[0]}/seed{seed} epoch {epoch + 1}/{p.epochs}  loss {row['loss']:.3f}" + "".join(
+            f"  {r}: val_loss {v['val_loss']:.3f} id {_pct(v['id_acc'])} ood {_pct(v['ood_acc'])}"
+            for r, v in row.get("val", {}).items()), epoch + 1 - first, last - first, time.perf_counter() - t_call)
+    return state
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def load_posgen_checkpoint(path: str | Path, pe: str | None = None, select: str = "last"
-                           ) -> tuple[model_lib.TinyTransformer, dict]:
-    """A trained run's model (CPU, eval mode) holding the *evaluation* table of row ``pe`` (default: the run's
-    own row; any row sharing the training run), at the epoch ``select`` reports; and its checkpoint dict."""
-    path = Path(path) / "ckpt.pt" if Path(path).is_dir() else Path(path)
-    if not path.exists():  # e.g. a YaRN row under `code`, which has no training run of its own
-        raise FileNotFoundError(f"no checkpoint at {path} (a row trained as another row's run: give that run's "
-                                "directory and the row as --pe)")
-    state = load_checkpoint(path)
-    meta, rows = state["meta"], pes_sharing(state["meta"]["pe"], state["meta"]["harness"]["protocol"])
-    if (pe or meta["pe"]) not in rows or select not in KEPT_RULES:
-        raise ValueError(f"pe must be one of the rows trained by this run, {tuple(rows)}, and select one of "
-                         f"{KEPT_RULES} (the rules whose weights a run keeps), got {pe!r}, {select!r}")
-    if select == "best_val_id":
-        best = path.parent / f"best-{pe or meta['pe']}.pt"
-        if not best.exists():  # written at the first validation
-            raise ValueError(f"{path.parent} has no validated epoch yet (no {best.name}); --select last reads ckpt.pt")
-        state = {**state, **load_checkpoint(best, meta)}
-    net = posgen_model(meta)[0]
-    net.load_state_dict(state["model"])
-    p = meta["preset"]
-    net.set_pe(posgen_pes(pe or meta["pe"], meta["harness"]["protocol"], p["train_len"], p["test_len"])[1])
-    return net.eval(), state
 
 
 def test_by_rule(history: list[dict], pe: str) -> dict:

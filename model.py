@@ -25,12 +25,12 @@ import resonance
 from resonance import PE
 
 # ======================================== TinyTransformer (PosGen) ========================================
-# The two-layer model of Sec. 6.1.1 / App. C.1: T5-small layers (d_model 512, 8 heads × 64, ReLU FFN 2048,
-# RMSNorm pre-norm, dropout 0.1, no biases) stacked decoder-only with causal attention, RoPE on all 64 dims of
-# every head (32 features, b = 10000). A sequence x_0 … x_{T−1} is fed behind a start token S: the input
-# [S, x_0, …, x_{T−2}] occupies positions 0 … T−1 and position i predicts x_i. "ID" predictions are those at
-# positions j+k … L−1, "OOD" ones at L … L'−1: the paper's L = 64 and L' = 256 (the authors' harness counts S
-# in the length, hence its 65 and 257).
+# The model of Sec. 6.1.1 / App. C.1 (two layers in its text, six in the authors' released command): T5-small
+# layers (d_model 512, 8 heads × 64, ReLU FFN 2048, RMSNorm pre-norm, dropout 0.1, no biases) stacked decoder-only
+# with causal attention, RoPE on all 64 dims of every head (32 features, b = 10000). A sequence x_0 … x_{T−1} is
+# fed behind a start token S: the input [S, x_0, …, x_{T−2}] occupies positions 0 … T−1 and position i predicts
+# x_i. "ID" predictions are those at positions j+k … L−1, "OOD" ones at L … L'−1: the paper's L = 64 and L' = 256
+# (the authors' harness counts S in the length, hence its 65 and 257).
 
 @dataclasses.dataclass
 class TinyConfig:
@@ -63,45 +63,25 @@ class TinyConfig:
         return self.d_model // self.n_head
 
 
-class DropoutStream:
-    """The dropout of one forward pass, rate ``p`` (0 outside training). Masks come from torch's RNG, exactly as
-    ``nn.Dropout``'s, or, given ``noise`` (a 1-D tensor of uniform [0, 1) numbers), are cut from it in the order
-    the forward asks for them: the caller decides where the randomness comes from (``finetune.train_posgen_seeds``
-    gives each seed its own generator; ``TinyTransformer.noise_numel`` says how many numbers a forward takes)."""
-
-    def __init__(self, p: float, training: bool, noise: torch.Tensor | None = None):
-        self.p, self.noise, self.used = p if training else 0.0, noise, 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0 or self.noise is None:
-            return F.dropout(x, self.p, self.p > 0)
-        u = self.noise[self.used:self.used + x.numel()].view(x.shape)
-        self.used += x.numel()
-        return x * (u >= self.p) / (1 - self.p)
-
-
 class TinyAttention(nn.Module):
     """Causal multi-head self-attention with RoPE on q and k (Eq. 4-5), no biases."""
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()
-        self.n_head = cfg.n_head
+        self.n_head, self.dropout = cfg.n_head, cfg.dropout
         self.scale = 1.0 if cfg.attention == "t5" else None  # T5 folds 1/√d into q's initialisation instead
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)  # one matmul for q, k and v
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, drop: DropoutStream) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, nh, T, hs)
         q, k = resonance.apply_rope(q, cos, sin), resonance.apply_rope(k, cos, sin)
-        if drop.noise is None or drop.p == 0:  # dropout on the attention weights inside SDPA
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop.p, is_causal=True, scale=self.scale)
-        else:  # the same attention written out, so that its dropout mask comes from the given noise
-            att = (q @ k.transpose(-2, -1)) * (self.scale or q.shape[-1] ** -0.5)
-            att = att.masked_fill(torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-            y = drop(att.softmax(-1)) @ v
-        return drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True,
+                                           scale=self.scale)  # dropout on the attention weights, as T5's
+        return self.drop(self.proj(y.transpose(1, 2).reshape(B, T, C)))
 
 
 class TinyFFN(nn.Module):
@@ -111,9 +91,10 @@ class TinyFFN(nn.Module):
         super().__init__()
         self.wi = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.wo = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, drop: DropoutStream) -> torch.Tensor:
-        return drop(self.wo(drop(F.relu(self.wi(x)))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.wo(self.drop(F.relu(self.wi(x)))))
 
 
 class TinyBlock(nn.Module):
@@ -124,9 +105,9 @@ class TinyBlock(nn.Module):
         self.norm2 = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.ffn = TinyFFN(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, drop: DropoutStream) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, drop)
-        return x + self.ffn(self.norm2(x), drop)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.ffn(self.norm2(x))
 
 
 class TinyTransformer(nn.Module):
@@ -144,6 +125,7 @@ class TinyTransformer(nn.Module):
         self.blocks = nn.ModuleList(TinyBlock(cfg) for _ in range(cfg.n_layer))
         self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.drop = nn.Dropout(cfg.dropout)
         self.init_weights()
         if cfg.tie_head:
             self.head.weight = self.tok_emb.weight
@@ -177,26 +159,18 @@ class TinyTransformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.config = dataclasses.replace(self.config, pe=pe)
 
-    def noise_numel(self, batch: int, T: int) -> int:
-        """How many uniform numbers a training forward of (batch, T) tokens takes as ``noise``: one per dropped
-        element (embedding; per block attention weights, attention output, FFN hidden and output; T5's final)."""
-        c = self.config
-        per_block = batch * T * (2 * c.d_model + c.d_ff) + batch * c.n_head * T * T
-        return batch * T * c.d_model * (1 + (c.attention == "t5")) + c.n_layer * per_block
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids at positions 0 … T−1 → logits (B, T, vocab), and the mean cross-entropy over
-        the ``targets`` (B, T) that are not -100 (or None). ``noise``: where dropout's masks come from
-        (``DropoutStream``); None: torch's RNG."""
+        the ``targets`` (B, T) that are not -100 (or None)."""
         T = idx.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"sequence length must be <= max_len = {self.config.max_len}, got {T}")
-        cos, sin, drop = self.rope_cos[:T], self.rope_sin[:T], DropoutStream(self.config.dropout, self.training, noise)
-        x = drop(self.tok_emb(idx))
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.drop(self.tok_emb(idx))
         for block in self.blocks:
-            x = block(x, cos, sin, drop)
-        x = drop(self.norm(x)) if self.config.attention == "t5" else self.norm(x)  # T5: dropout after norm
+            x = block(x, cos, sin)
+        x = self.drop(self.norm(x)) if self.config.attention == "t5" else self.norm(x)  # T5: dropout after norm
         logits = self.head(x * self.config.d_model**-0.5 if self.config.tie_head else x)
         if targets is None:
             return logits, None

@@ -359,11 +359,10 @@ def test_tiny_model_shapes_causal_plain_dropout_and_tables_not_in_state_dict():
         net(torch.zeros(1, 33, dtype=torch.long))
     drop = _tiny_model(dropout=0.1)
     assert not torch.equal(drop(idx)[0], drop(idx)[0]) and torch.equal(drop.eval()(idx)[0], drop(idx)[0])
-    noise = torch.rand(drop.train().noise_numel(2, 20), generator=_gen(1))  # masks cut from given noise instead
-    assert torch.equal(drop(idx, noise=noise)[0], drop(idx, noise=noise)[0])
-    assert not torch.equal(drop(idx, noise=noise)[0], drop(idx, noise=noise.roll(1))[0])
-    with pytest.raises(RuntimeError):  # a forward takes exactly noise_numel numbers
-        drop(idx, noise=noise[:-1])
+    torch.manual_seed(3)  # plain torch RNG: the same seed, the same masks
+    first = drop.train()(idx)[0]
+    torch.manual_seed(3)
+    assert torch.equal(drop(idx)[0], first)
 def test_tiny_set_pe_swaps_tables_in_place_to_resonance_py_values():
     net, yarn = _tiny_model(), PE("yarn", 4.0, True, 16, ramp="index")
     ptr, _ = net.rope_cos.data_ptr(), net.set_pe(yarn)
@@ -387,19 +386,16 @@ def test_harness_tied_head_is_the_embedding_on_the_scaled_state_and_t5_attention
     cfg = model.TinyConfig(d_model=64, n_head=1, d_ff=64, max_len=32, dropout=0.0, tie_head=True, attention="t5")
     net, idx = model.TinyTransformer(cfg), torch.randint(0, 18, (2, 20))
     assert net.head.weight is net.tok_emb.weight and len(net.state_dict()) == len(list(net.parameters())) + 1
-    x, off = net.tok_emb(idx), model.DropoutStream(0.1, training=False)
+    x = net.tok_emb(idx)
     for block in net.blocks:
-        x = block(x, net.rope_cos[:20], net.rope_sin[:20], off)
+        x = block(x, net.rope_cos[:20], net.rope_sin[:20])
     assert torch.allclose(net(idx)[0], net.norm(x) * 64**-0.5 @ net.tok_emb.weight.T, atol=1e-5)
     attn, h = net.blocks[0].attn, torch.randn(1, 5, 64)  # T5: softmax(q·k) unscaled = SDPA on √d·q
     q, k, v = (resonance.apply_rope(t, net.rope_cos[:5], net.rope_sin[:5]) if i < 2 else t
                for i, t in enumerate((h @ attn.qkv.weight.T).view(1, 5, 3, 1, 64).permute(2, 0, 3, 1, 4)))
     want = torch.nn.functional.scaled_dot_product_attention(q * 8, k, v, is_causal=True).transpose(1, 2)
     cos, sin = net.rope_cos[:5], net.rope_sin[:5]
-    assert torch.allclose(attn(h, cos, sin, off), attn.proj(want.reshape(1, 5, 64)), atol=1e-5)
-    keep_all = model.DropoutStream(0.5, training=True, noise=torch.ones(1000))  # attention written out, nothing
-    assert torch.allclose(attn(h, cos, sin, keep_all), 4 * attn(h, cos, sin, off), atol=1e-5)  # dropped, two
-    # sites each scaled by 1/(1 - p) = 2
+    assert torch.allclose(attn(h, cos, sin), attn.proj(want.reshape(1, 5, 64)), atol=1e-5)
 def test_harness_t5_init_standard_deviations_are_mesh_tf():
     torch.manual_seed(0)
     net, d, d_ff = model.TinyTransformer(model.TinyConfig(tie_head=True, attention="t5")), 512, 2048  # T5-small
@@ -531,68 +527,27 @@ def test_table1_code_protocol_yarn_row_shares_rope_training_and_selects_its_own_
     for epoch in range(1, 4):  # testing every epoch (a fresh run stopped after each) gives the selected epochs' numbers
         finetune.train_posgen("recursive", "rope", 7, TINY_PRESET, "code", tmp_path / "again", stop_after=1)
         again = finetune.run_dir(tmp_path / "again", TINY_PRESET, code, "recursive", "rope", 7)
+        state = finetune.load_checkpoint(again / "ckpt.pt")
+        net = finetune.posgen_model(state["meta"])[0]
+        net.load_state_dict(state["model"])
         for r in (rope, yarn):
-            net, _ = finetune.load_posgen_checkpoint(again, r["pe"], "last")
+            net.set_pe(finetune.posgen_pes(r["pe"], "code", 16, 32)[1])  # the row's evaluation table
             test = finetune.evaluate_posgen(net, seqs, TINY_PRESET)
             for rule in (rule for rule in finetune.SELECT_RULES if r["by_select"][rule]["epoch"] == epoch):
                 assert r["by_select"][rule] == {"epoch": epoch} | {k: test[k] for k in finetune.CURVE_KEYS} | (
                     {"per_position": test["per_position"]} if rule in finetune.KEPT_RULES else {})  # where it breaks
-    for select in finetune.KEPT_RULES:  # the kept checkpoints give the numbers their rules report
-        net, state = finetune.load_posgen_checkpoint(dirs["rope"], "yarn", select)  # RoPE weights, YaRN's table
-        assert net.config.pe == finetune.posgen_pes("yarn", "code", 16, 32)[1]
-        assert state["epoch"] == yarn["by_select"][select]["epoch"]
-        assert finetune.evaluate_posgen(net, seqs, TINY_PRESET)["ood_acc"] == yarn["by_select"][select]["ood_acc"]
-    assert evaluate.main(["posgen", "--checkpoint", str(dirs["rope"]), "--pe", "yarn", "--select", "last", "--json",
-                          str(tmp_path / "e")]) == 0
-    assert json.loads((tmp_path / "e").read_text())["ood_acc"] == yarn["by_select"]["last"]["ood_acc"]
-    assert f"evaluated with {net.config.pe}" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"^pe must be one of the rows"):
-        finetune.load_posgen_checkpoint(dirs["rope"], "res_yarn")
     # A result.json of other settings (an older format, say) is not reused: the row is read from its run again.
     (dirs["yarn"] / "result.json").write_text(json.dumps({**yarn, "meta": {}, "ood_acc": -1}))
     again = finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path)
     assert again["trained_as"] == "rope" and again["ood_acc"] == yarn["ood_acc"]
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*yarn.*give that run's directory"):
-        finetune.load_posgen_checkpoint(dirs["yarn"])
     # Under the paper protocol YaRN trains with its own (scaled) table: a run of its own.
     assert finetune.run_posgen("recursive", "yarn", 7, TINY_PRESET, "paper", tmp_path)["trained_as"] == "yarn"
-def test_table1_seeds_trained_together_equal_separate_runs_and_keep_their_own_dropout_checkpoint_selection(tmp_path):
-    still = dataclasses.replace(TINY_PRESET, dropout=0.0, epochs=17, val_every=17)  # 51 steps, no dropout
-    apart = [finetune.train_posgen("cot", "rope", s, still, "code", tmp_path / "a") for s in (7, 8)]
-    together = finetune.train_posgen_seeds("cot", "rope", [7, 8], still, "code", tmp_path / "b")
-    for a, b in zip(apart, together, strict=True):  # N seeds in one batched model = N separate runs
-        assert max(abs(x["loss"] - y["loss"]) for x, y in zip(a["history"], b["history"], strict=True)) <= 1e-5
-        assert a["history"][-1]["val"]["yarn"]["test_loss"] == pytest.approx(b["history"][-1]["val"]["yarn"][
-            "test_loss"], abs=1e-5)
-    p, code = dataclasses.replace(TINY_PRESET, epochs=4, val_every=2), finetune.HARNESSES["code"]  # dropout 0.1
-    def losses(state: dict) -> list[float]:
-        return [h["loss"] for h in state["history"]]
-    a = finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "c")
-    b = finetune.train_posgen_seeds("recursive", "rope", [9, 7], p, "code", tmp_path / "d")
-    assert losses(a[0]) == losses(b[1]) and losses(a[0]) != losses(a[1])  # seed 7's masks are its own
-    finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "e", stop_after=1)
-    assert [losses(s) for s in finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "e")
-            ] == [losses(s) for s in a]  # resumed from the per-seed checkpoints: bit-identical
-    finetune.train_posgen_seeds("recursive", "rope", [7], p, "code", tmp_path / "f", stop_after=2)
-    assert losses(finetune.train_posgen("recursive", "rope", 7, p, "code", tmp_path / "f"))[:2] == losses(a[0])[:2]
-    for seed, state in zip((7, 8), a, strict=True):  # each seed selects its own epochs, from its own curves
-        for row in ("rope", "yarn"):
-            _, kept = finetune.load_posgen_checkpoint(finetune.run_dir(tmp_path / "c", p, code, "recursive", "rope",
-                                                                       seed), row, "best_val_id")
-            assert kept["epoch"] == finetune.select_epoch(state["history"], row, "best_val_id")["epoch"]
-    with pytest.raises(ValueError, match=r"^seeds must be distinct runs at the same epoch"):
-        finetune.train_posgen_seeds("recursive", "rope", [7, 8], p, "code", tmp_path / "f")  # 7 done, 8 not begun
 def test_table1_training_resume_is_bit_identical(tmp_path, capsys):
     straight = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "a")
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
     a, b = (finetune.run_dir(tmp_path / r, TINY_PRESET, finetune.HARNESSES["code"], "recursive", "rope", 7)
             for r in "ab")
-    assert evaluate.main(["posgen", "--checkpoint", str(b), "--select", "last"]) == 0
-    assert "note: the run is unfinished (epoch 1/3)" in capsys.readouterr().err
-    slow = dataclasses.replace(TINY_PRESET, name="slow", val_every=2)  # epoch 1 is not validated
-    finetune.train_posgen("recursive", "rope", 7, slow, "code", tmp_path / "c", stop_after=1)
-    assert evaluate.main(["posgen", "--checkpoint", str(finetune.run_dir(tmp_path / "c", slow, finetune.HARNESSES[
-        "code"], "recursive", "rope", 7))]) == 2 and "no validated epoch yet" in capsys.readouterr().err
+    assert "epoch 1/3" in capsys.readouterr().err  # a progress line per epoch
     torch.manual_seed(999)  # a fresh process would have another RNG state: resume must restore its own
     finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b", stop_after=1)
     resumed = finetune.train_posgen("recursive", "yarn", 7, TINY_PRESET, "code", tmp_path / "b")
@@ -638,14 +593,14 @@ def test_table1_command_runs_every_cell_writes_json_png_and_marks_unlearned(tmp_
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")}
     assert len(before) == 12 and evaluate.main([*argv, "--out", str(out)]) == 0  # finished runs are reused
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("result.json")} == before
-def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_path, monkeypatch):
+def test_table1_calls_on_subsets_merge_to_the_grid_and_jobs_2_equals_jobs_1(tmp_path, monkeypatch):
     monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
     argv = ["table1", "--preset", "tiny", "--tasks", "cot", "--seeds", "7", "8", "--device", "cpu"]
-    for i in range(3):  # a SLURM array of 3 on one shared runs directory
-        assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "a"), "--shard", f"{i}/3", "--out",
+    for i, pes in enumerate((["rope", "yarn"], ["res_rope", "res_yarn"])):  # two calls (machines, array tasks)
+        assert evaluate.main([*argv, "--pes", *pes, "--runs-dir", str(tmp_path / "a"), "--out",
                               str(tmp_path / f"s{i}.json")]) == 0
-    shard_runs = [json.loads((tmp_path / f"s{i}.json").read_text())["runs"] for i in range(3)]
-    for r in (r for runs in shard_runs for r in runs):  # the curves: val and test at every validation (2 epochs)
+    part_runs = [json.loads((tmp_path / f"s{i}.json").read_text())["runs"] for i in range(2)]
+    for r in (r for runs in part_runs for r in runs):  # the curves: val and test at every validation (2 epochs)
         assert r["curves"]["epoch"] == [1, 2] and len(r["curves"]) == 11
         assert all(len(c) == 2 for c in r["curves"].values())
         for rule, chosen in r["by_select"].items():  # each rule's test numbers are its epoch's point on the curve
@@ -656,11 +611,8 @@ def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_p
             assert len(chosen.get("per_position", [None] * 32)) == 32  # the kept rules' epochs, for the figure
         assert r["per_position"] == r["by_select"]["best_val_id"]["per_position"]
         assert r["per_position"][:4] == [None] * 4 and 0 <= min(r["per_position"][4:]) <= 1
-    cells = {(r["task"], r["pe"], r["seed"]): r for runs in shard_runs for r in runs}
-    shards = [{(r["task"], r["pe"], r["seed"]) for r in runs} for runs in shard_runs]
-    grid = {("cot", pe, s) for pe in finetune.PE_NAMES for s in (7, 8)}
-    assert set().union(*shards) == grid and sum(map(len, shards)) == len(grid)  # disjoint, and all of it
-    assert all(("cot", "yarn", s) in shard for shard in shards for s in (7, 8) if ("cot", "rope", s) in shard)
+    cells = {(r["task"], r["pe"], r["seed"]): r for runs in part_runs for r in runs}
+    assert set(cells) == {("cot", pe, s) for pe in finetune.PE_NAMES for s in (7, 8)}  # the grid, each cell once
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("result.json")}
     assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "a"), "--out", str(tmp_path / "all.json")]) == 0
     merged = json.loads((tmp_path / "all.json").read_text())
@@ -668,14 +620,12 @@ def test_table1_shards_partition_the_grid_exactly_and_jobs_2_equals_jobs_1(tmp_p
     assert [r | {"train_s": 0} for r in merged["runs"]] == [cells[r["task"], r["pe"], r["seed"]] | {"train_s": 0}
                                                           for r in merged["runs"]]
     assert merged["device"].startswith("cpu") and merged["precision"] == "fp32" and merged["steps_per_s"] > 0
+    assert evaluate.main(["table1", "--preset", "tiny", "--merge", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"),
+                          "--out", str(tmp_path / "m.json")]) == 0  # the two calls' files joined: the same table
+    assert json.loads((tmp_path / "m.json").read_text())["table"] == merged["table"]
     assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "b"), "--jobs", "2", "--out", str(tmp_path / "j")]) == 0
     jobs = json.loads((tmp_path / "j").read_text())["runs"]  # separate processes, fresh run directories
     assert [r | {"train_s": 0} for r in jobs] == [r | {"train_s": 0} for r in merged["runs"]]
-    assert evaluate.main([*argv, "--runs-dir", str(tmp_path / "c"), "--seeds-together", "--out", str(tmp_path / "t")
-                          ]) == 0  # each (task, PE)'s two seeds in one batched model: the same cells and curves
-    together = json.loads((tmp_path / "t").read_text())["runs"]
-    assert sorted((r["pe"], r["seed"], list(r["curves"])) for r in together) == sorted(
-        (r["pe"], r["seed"], list(r["curves"])) for r in merged["runs"])
 def test_ablation_switches_one_item_off_per_variant_and_writes_per_seed_runs_and_paired_differences(tmp_path, capsys,
                                                                                                     monkeypatch):
     monkeypatch.setitem(finetune.PRESETS, "tiny", dataclasses.replace(TINY_PRESET, epochs=2))
@@ -758,7 +708,7 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
     for argv, says in (([a, a], "repeats cot rope seed 2"),
                        ([a, "--epochs", "9"], "is of preset quick (6 layers, 2 epochs"),
                        ([a, "--select", "best_val_ood"], "hold no test at that rule's epoch"),
-                       ([a, "--seeds", "1"], "give no --shard"), ([str(tmp_path)], "is a directory")):
+                       ([a, "--seeds", "1"], "give no --seeds"), ([str(tmp_path)], "is a directory")):
         assert evaluate.main(["table1", "--out", str(out), "--merge", *argv]) == 2
         assert says in capsys.readouterr().err
 
@@ -1509,11 +1459,6 @@ finetune.py llama {llama} --batch-size 3 --micro-batch 2 => batch_size (3) must 
 finetune.py llama {llama} --heldout-docs 40 => heldout_docs = 40 documents of >= 128 tokens are needed, the text has 4
 finetune.py llama {llama} --model /nonexistent/llama => no such model file or directory: /nonexistent/llama
 finetune.py llama {llama} --text /no.jsonl => --text takes existing .txt or .jsonl files, got /no.jsonl
-evaluate.py posgen --checkpoint {d}/plain => is not a readable checkpoint
-evaluate.py posgen --checkpoint {d}/random => is not a readable checkpoint
-evaluate.py posgen --checkpoint {d}/model.safetensors => is not a readable checkpoint
-evaluate.py posgen --checkpoint /nonexistent/run => no checkpoint at /nonexistent/run
-evaluate.py posgen --task cot => give --checkpoint, or --task and --pe
 evaluate.py table1 --preset huge => invalid choice: 'huge'
 evaluate.py table1 --protocol appendix => invalid choice: 'appendix'
 evaluate.py table1 --freeze-ffn maybe => argument --freeze-ffn: expected true or false, got 'maybe'
@@ -1527,7 +1472,6 @@ evaluate.py fig4 --heldout-docs 1 => argument --heldout-docs: must be in [2, inf
 evaluate.py fig4 --model /nonexistent/llama => no such model file or directory: /nonexistent/llama
 evaluate.py fig4 --model {tiny} --lengths 100000000000 => more than this machine's
 evaluate.py fig4 {fig4} --pes res_dynamic_ntk:2 => Resonance on a length-dependent
-evaluate.py table1 --shard 3/3 => argument --shard: expected I/N with 0 <= I < N, got '3/3'
 evaluate.py table1 --jobs 0 => argument --jobs: must be in [1, 64], got 0
 finetune.py posgen --task cot --pe rope --split nope => invalid choice: 'nope'
 evaluate.py table1 --runs-dir {d}/plain => is a file, not a dir
@@ -1649,7 +1593,7 @@ def test_every_option_has_help_that_shows_its_default(capsys):
 def test_no_command_writes_under_results_by_default(tmp_path, monkeypatch):
     outputs = [(c, a.default) for s in (evaluate, finetune) for c, a in _options(s.build_parser(), s.__name__)
                if a.dest in ("out", "png", "json", "hf", "gguf")]
-    assert len(outputs) == 13 and all(d is None or d.startswith("runs/") for _, d in outputs), outputs
+    assert len(outputs) == 12 and all(d is None or d.startswith("runs/") for _, d in outputs), outputs
     monkeypatch.chdir(tmp_path)  # the two computed defaults: table1's and ablation's JSON (and Figure 3 beside it)
     monkeypatch.setitem(finetune.PRESETS, "tiny", TINY_PRESET)
     monkeypatch.setattr(evaluate, "run_cells", lambda preset, harness, tasks, pes, seeds, args, on_unit=None: [
@@ -1672,7 +1616,7 @@ def test_fig3_has_whole_epoch_ticks_and_budget_presets_are_quick_trained_longer(
             quick.val_every) == (128, 2, 512, 2, 10000, 32, 1e-3, 2)  # the main job at the code harness's 6 layers
     former_quick = dataclasses.replace(cot, name="quick", epochs=4, tasks=("recursive", "cot"))  # at --n-layer 2
     assert dataclasses.astuple(former_quick) == ("quick", 256, 4, 1024, 0.1, 10000, 250, 500, 64, 256, 4, 32, 1e-3,
-                                                 1e-2, 0.1, 2, (5549,), 1, 3, 17, True, "tf32", ("recursive", "cot"))
+                                                 1e-2, 0.1, 2, (5549,), 1, 3, 17, "tf32", ("recursive", "cot"))
 def test_budget_command_plots_and_tables_paired_differences_against_epochs(tmp_path, capsys):
     paths, ood = [], {"rope": 40.0, "res_rope": 42.0, "yarn": 60.0, "res_yarn": 55.0}  # OOD at epochs 4 / seed 1
     for epochs in (4, 8, 16):  # each budget, each seed: Res. RoPE − RoPE = 2 + epochs/4 + seed, Res. YaRN − YaRN = -5
