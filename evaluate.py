@@ -590,6 +590,29 @@ def same_training(config: dict, preset: ft.Preset) -> bool:
     return all(config.get(k) == v for k, v in dataclasses.asdict(preset).items() if k in TRAINING_FIELDS)
 
 
+RUN_KEYS = ("task", "pe", "seed", "id_acc", "ood_acc", "trained_as", "train_s")  # what every merged run holds
+
+
+def table1_file(path: str) -> dict:
+    """A table1 results JSON, checked before anything reads it (in today's form, ``upgraded``): a harness with
+    every field, at least one run, each run's RUN_KEYS, a task and PE of Table 1's."""
+    if not Path(path).exists():
+        raise ValueError(f"--merge {path}: no such file")
+    data = model_lib.read_json(path, "a table1 results file")
+    if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
+            and isinstance(data.get("preset_config"), dict)):
+        raise ValueError(f"{path} is not a table1 results file (no runs, harness or preset_config)")
+    data = upgraded(data)
+    lacking = [f.name for f in dataclasses.fields(ft.Harness) if f.name not in data["harness"]]
+    bad = next((r for r in data["runs"] if not (isinstance(r, dict) and set(RUN_KEYS) <= r.keys()
+                                                and r["task"] in TABLE1_TASKS and r["pe"] in TABLE1_PES)), None)
+    if lacking or bad is not None or not data["runs"]:
+        why = (f"its harness lacks {', '.join(lacking)}" if lacking else "it holds no runs" if not data["runs"] else
+               f"a run lacks one of {', '.join(RUN_KEYS)} or names a task or PE not in Table 1: {str(bad)[:80]}")
+        raise ValueError(f"{path} is not a table1 results file: {why}")
+    return data
+
+
 def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tuple[list[dict], list[dict]]:
     """The runs held by table1 JSONs of one preset and harness (calls on other tasks, PEs or seeds), in
     grid order, each (task, PE, seed) from one file only, reported under ``harness.select`` whatever rule the file
@@ -597,12 +620,7 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
     runs: dict[tuple, dict] = {}
     parts = []
     for path in paths:
-        data = model_lib.read_json(path, "a table1 results file")
-        if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
-                and isinstance(data.get("preset_config"), dict)
-                and all(isinstance(r, dict) and {"task", "pe", "seed"} <= r.keys() for r in data["runs"])):
-            raise ValueError(f"{path} is not a table1 results file")
-        data = upgraded(data)
+        data = table1_file(path)
         if not same_training(data["preset_config"], preset) or data["harness"] | {"select": harness.select} != \
                 dataclasses.asdict(harness):
             h, c = data["harness"], data["preset_config"]
@@ -674,6 +692,9 @@ def cmd_table1(args: argparse.Namespace) -> int:
                          lambda runs: model_lib.write_json(out, results(runs)))
     model_lib.write_json(out, data := results(runs))
     print(table1_report(data))
+    if args.every_rule and len(data["by_rule"]) < len(ft.SELECT_RULES):
+        print(f"\nOnly {', '.join(data['by_rule'])} of the {len(ft.SELECT_RULES)} selection rules: these runs hold no "
+              "curves (results files from before they were recorded), so the other rules cannot be read.")
     for rule, d in data["by_rule"].items() if args.every_rule else ():
         print(f"\nSelection rule {rule}: {SELECT_HELP[rule]}\n" + "\n".join([format_table1(d["table"]),
                                                                             *paired_lines(d["table"], d["paired"])]))
@@ -1246,17 +1267,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
-    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", help="override the preset's seeds")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, help="the PosGen rules (default: the preset's)")
-    p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, help="a subset (default all)")
+    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", action=ft.Distinct,
+                   help="override the preset's seeds")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, action=ft.Distinct,
+                   help="the PosGen rules (default: the preset's)")
+    p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, action=ft.Distinct, help="a subset (default all)")
     ft.add_posgen_args(p)
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path; the figure goes beside it "
                    "(default runs/table1_<preset>[_<harness>].json)")
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
-    p.add_argument("--merge", nargs="+", metavar="JSON", help="train nothing: combine these table1 JSONs of the "
-                   "preset and harness (calls on other tasks, PEs or seeds) into --out, reported under "
-                   "--select")
+    p.add_argument("--merge", nargs="+", action="extend", metavar="JSON", help="train nothing: combine these table1 "
+                   "JSONs of the preset and harness (calls on other tasks, PEs or seeds) into --out, reported under "
+                   "--select (repeating --merge adds files)")
     p.add_argument("--every-rule", action="store_true", help="also print Table 1 under every selection rule, from "
                    "the curves (default: only --select's)")
     p.set_defaults(func=cmd_table1)
@@ -1264,10 +1287,10 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
     ft.add_preset_args(p)
     p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
-                   help="training seeds (default %(default)s)")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"],
+                   action=ft.Distinct, help="training seeds (default %(default)s)")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"], action=ft.Distinct,
                    help="the PosGen rules (default %(default)s)")
-    p.add_argument("--variants", nargs="+", choices=ABLATION, help="a subset (default all)")
+    p.add_argument("--variants", nargs="+", choices=ABLATION, action=ft.Distinct, help="a subset (default all)")
     p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories "
                    "(default %(default)s)")
     p.add_argument("--device", default=ft.default_device(), type=ft.device,
@@ -1278,8 +1301,8 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("budget", help="Table 1's paired differences against training epochs (the ablation JSONs)")
-    p.add_argument("--inputs", nargs="+", type=ft.path_for("file"), help="ablation results files of one model "
-                   "(default: results/table1_ablation*.json)")
+    p.add_argument("--inputs", nargs="+", type=ft.path_for("file"), action=ft.Distinct,
+                   help="ablation results files of one model (default: results/table1_ablation*.json)")
     p.add_argument("--out", default="runs/table1_budget.png", type=ft.path_for("file"),
                    help="figure path; the table's JSON goes beside it (default %(default)s)")
     p.set_defaults(func=cmd_budget)

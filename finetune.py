@@ -79,6 +79,15 @@ def path_for(kind: str) -> Callable[[str], str]:
     return parse
 
 
+class Distinct(argparse.Action):
+    """For nargs="+": the values, each given once (a repeated seed would train and count one run twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
+            raise argparse.ArgumentError(self, f"repeats {repeated[0]}")
+        setattr(namespace, self.dest, values)
+
+
 def boolean(text: str) -> bool:
     """An argparse type: true or false."""
     if text not in ("true", "false"):
@@ -607,6 +616,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     """The named preset with ``--epochs`` / ``--precision`` replaced; a changed preset is named for it
     ("cot+epochs=4"), so its runs get their own directories and results files."""
     given = {k: v for k in ("epochs", "precision") if (v := getattr(args, k, None)) is not None}
+    if given.get("precision", "fp32") != "fp32" and not getattr(args, "merge", None) and args.device.type == "cpu":
+        raise ValueError(f"--precision {given['precision']} is a CUDA setting: on the CPU every run trains in fp32")
     preset = PRESETS[args.preset]
     changed = {k: v for k, v in given.items() if getattr(preset, k) != v}
     name = preset.name + "".join(f"+{k}={v}" for k, v in changed.items())

@@ -685,7 +685,9 @@ def test_table1_merge_combines_calls_in_grid_order_and_refuses_overlap_or_anothe
     a = part("a.json", [("cot", pe, s, o + s) for pe, o in (("rope", 50), ("res_rope", 60)) for s in (2, 1)])
     b = part("b.json", [("recursive", "rope", 1, 40), ("cot", "yarn", 1, 80)], device="NVIDIA H200", jobs=5)
     out = tmp_path / "m.json"
-    assert evaluate.main(["table1", "--merge", a, b, "--out", str(out)]) == 0
+    assert evaluate.main(["table1", "--merge", a, "--merge", b, "--out", str(out)]) == 0  # a repeated flag adds
+    assert evaluate.main(["table1", "--merge", a, b, "--out", str(tmp_path / "ab.json")]) == 0
+    assert json.loads((tmp_path / "ab.json").read_text())["table"] == json.loads(out.read_text())["table"]
     m = json.loads(out.read_text())
     assert [(r["task"], r["pe"], r["seed"]) for r in m["runs"]] == [  # the grid's order, whatever the files' order
         ("recursive", "rope", 1), ("cot", "rope", 1), ("cot", "rope", 2), ("cot", "res_rope", 1),
@@ -728,6 +730,10 @@ def test_committed_two_layer_results_merge_with_the_flags_that_made_them(tmp_pat
     assert "2 layers" in capsys.readouterr().out.splitlines()[0]
     assert evaluate.main(["table1", "--merge", "results/table1_levels_cot_6layers.json", "--preset", "cot",
                           "--out", str(out)]) == 0  # "cot+n_layer=6" then: the code harness's depth now
+    capsys.readouterr()
+    assert evaluate.main(["table1", "--merge", "results/table1_quick.json", "--preset", "cot", "--epochs", "4",
+                          "--n-layer", "2", "--every-rule", "--out", str(out)]) == 0  # no curves: says so
+    assert "Only best_val_id, last of the 5 selection rules: these runs hold no curves" in capsys.readouterr().out
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
@@ -1473,6 +1479,16 @@ evaluate.py fig4 --model /nonexistent/llama => no such model file or directory: 
 evaluate.py fig4 --model {tiny} --lengths 100000000000 => more than this machine's
 evaluate.py fig4 {fig4} --pes res_dynamic_ntk:2 => Resonance on a length-dependent
 evaluate.py table1 --jobs 0 => argument --jobs: must be in [1, 64], got 0
+evaluate.py table1 --seeds 5549 5549 => argument --seeds: repeats 5549
+evaluate.py ablation --tasks cot cot => argument --tasks: repeats cot
+evaluate.py budget --inputs {d}/plain {d}/plain => argument --inputs: repeats
+evaluate.py table1 --precision bf16 --device cpu => --precision bf16 is a CUDA setting: on the CPU every run trains
+evaluate.py table1 --merge {d}/good.json --jobs 2 => trains nothing: give no --seeds, --tasks, --pes or --jobs
+evaluate.py table1 --merge {d}/no_train_s.json => is not a table1 results file: a run lacks one of
+evaluate.py table1 --merge {d}/no_select.json => is not a table1 results file: its harness lacks select
+evaluate.py table1 --merge {d}/no_runs.json => is not a table1 results file: it holds no runs
+evaluate.py table1 --merge {d}/bad_pe.json => names a task or PE not in Table 1
+evaluate.py table1 --merge results/table1_quick.jsn => --merge results/table1_quick.jsn: no such file
 finetune.py posgen --task cot --pe rope --split nope => invalid choice: 'nope'
 evaluate.py table1 --runs-dir {d}/plain => is a file, not a dir
 evaluate.py table1 --out {d}/dir => is a directory, not a file
@@ -1542,6 +1558,14 @@ def _start_cli(d: Path, tiny: Path) -> subprocess.Popen:
                        "doc.jsonl": ((json.dumps({"text": "a short document. " * 40}) + "\n") * 4).encode()}.items():
         (d / name).write_bytes(data)  # text, random bytes, a garbage GGUF, a truncated checkpoint, a .jsonl
     (d / "dir").mkdir()
+    run = {"task": "cot", "pe": "rope", "seed": 1, "id_acc": .99, "ood_acc": .5, "trained_as": "rope", "train_s": 1.0}
+    good = {"preset": "quick", "preset_config": dataclasses.asdict(finetune.PRESETS["quick"]), "runs": [run],
+            "harness": dataclasses.asdict(finetune.HARNESSES["code"])}
+    for name, data in {"no_runs": good | {"runs": []},
+                       "no_train_s": good | {"runs": [{k: v for k, v in run.items() if k != "train_s"}]},
+                       "no_select": good | {"harness": {k: v for k, v in good["harness"].items() if k != "select"}},
+                       "bad_pe": good | {"runs": [run | {"pe": "rope_x"}]}, "good": good}.items():
+        (d / f"{name}.json").write_text(json.dumps(data))  # table1 results files, one fault each
     llama = f"--model {tiny} --text {d}/doc.jsonl --heldout-docs 1 --device cpu --out {d}/run"
     fig4 = (f"--model {tiny} --tokens 64 --seq-len 16 --batch-size 1 --lengths 32 --passkey-lengths 300 "
             f"--heldout-docs 2 --runs-dir {d}/f --device cpu --out {d}/f.json --png {d}/f.png")
