@@ -43,153 +43,42 @@ import resonance
 from resonance import PE
 
 # ----------------------------------------------------------------------------------------------------------
-# speed: each benchmark returns rows {"name", "ours_s", "baseline", "baseline_s", "ratio", "target", "ok"}.
-# Ratios, not absolute times, because the machine is shared and noisy; both sides run in the same process,
-# alternately, so a change in the machine's load hits both alike.
+# Figure 1 (Sec. 3-4): RoPE's and Resonance RoPE's rotation angles.
 
 
-def _best_times(*fns: Callable[[], object], repeat: int = 5) -> list[float]:
-    """Best wall time of each function over ``repeat`` alternating rounds."""
-    best = [math.inf] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
-def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: str, ok: bool) -> dict:
-    return {"name": name, "ours_s": ours_s, "baseline": baseline, "baseline_s": baseline_s,
-            "ratio": ours_s / baseline_s, "target": target, "ok": bool(ok)}
-
-
-def bench_rope_table(device: str = "cpu") -> list[dict]:
-    """A Resonance cos+sin table for d = 128, L' = 131072 on one thread, against a float32 outer product
-    ``arange ⊗ θ → cos, sin``; and ``apply_rope`` with Resonance against RoPE tables (precomputed: equal cost)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        n, theta = 131072, resonance.resonance(resonance.rope_inv_freq(128))
-        pos = torch.arange(n)
-
-        def outer():
-            ang = torch.outer(torch.arange(n, dtype=torch.float32), theta.float())
-            return ang.cos(), ang.sin()
-
-        ours, t_outer = _best_times(lambda: resonance.rope_cos_sin(theta, pos), outer)
-        cos, sin = resonance.rope_cos_sin(theta, pos)
-        lam = torch.round(2 * math.pi / theta).long().tolist()
-        exact = all(torch.equal(t[p:, j], t[:n - p, j]) for t in (cos, sin) for j, p in enumerate(lam))
-        x = torch.randn(1, 32, 4096, 128)
-        plain, res = (resonance.rope_cos_sin(t, torch.arange(4096)) for t in (resonance.rope_inv_freq(128), theta))
-        t_res, t_plain = _best_times(lambda: resonance.apply_rope(x, *res), lambda: resonance.apply_rope(x, *plain),
-                                     repeat=15)
-    finally:
-        torch.set_num_threads(threads)
-    return [_row("rope_table Resonance d=128 L'=131072", ours, "outer product fp32", t_outer,
-                 "<= 2.5x, exactly periodic", ours <= 2.5 * t_outer and exact),
-            _row("apply_rope, Resonance tables", t_res, "RoPE tables", t_plain, "<= 1.02x", t_res <= 1.02 * t_plain)]
-
-
-def bench_posgen(device: str = "cpu") -> list[dict]:
-    """Generating the paper's 12,000 sequences × 256 tokens (j=1, k=3, mod 17), per task: at most 0.1 s."""
-    prefix = np.random.default_rng(0).integers(0, 17, size=(12000, 4))
-    rows = []
-    for task in posgen.TASKS:
-        (t,) = _best_times(lambda task=task: posgen.generate(task, prefix, 256))
-        rows.append(_row(f"posgen {task} 12000x256", t, "0.1 s budget", 0.1, "<= 1x", t <= 0.1))
-    return rows
-
-
-def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
-    """Information, no target: paper-size PosGen training steps/s and model-FLOPs utilisation, on ``device``.
-
-    ``finetune.posgen_step`` on App. C.1's model under the full ``code`` harness (frozen FFN, T5 attention), B =
-    128 sequences of T = 64, the paper preset's precision (TF32 matmuls on CUDA, compiled there; fp32 on CPU).
-    Model FLOPs per step: B·T × ``finetune.model_flops_per_token`` (PaLM's count). MFU = those FLOPs per second
-    over the 2048³ matmul rate measured here on the same device, threads and precision."""
-    torch.manual_seed(0)
-    dev, preset, B, T = torch.device(device), ft.PRESETS[preset], 128, 64
-    net = ft.posgen_model(ft.run_meta("recursive", "rope", 0, preset, ft.HARNESSES["code"]))[0].to(dev)
-    opt, sched = ft.posgen_optimizer(net, preset, "authors", 10**6)
-    x, y = (t.to(dev) for t in ft.lm_batch(torch.randint(0, preset.modulus, (B, T)), preset.modulus, 4))
-    fwd = torch.compile(net) if dev.type == "cuda" else net
-    a, b = torch.randn(2048, 2048, device=dev), torch.randn(2048, 2048, device=dev)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-
-    def steps(n: int) -> None:
-        for _ in range(n):
-            ft.posgen_step(fwd, opt, sched, x, y, preset.precision)
-        sync()
-
-    steps(3)  # warm-up: allocator, optimizer state, compilation
-    n = 50 if dev.type == "cuda" else 2
-    t_step, t_mm = _best_times(lambda: steps(n), lambda: (a @ b, sync()), repeat=3)
-    t_step /= n
-    flops = B * T * ft.model_flops_per_token(net, net.config.n_layer, net.config.d_model, T)
-    rate = 2 * 2048**3 / t_mm
-    return [_row(f"train {preset.name}-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
-                 f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
-
-
-def spawn_pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` spawned worker processes (safe with CUDA), each with a 1/jobs share of this process's threads."""
-    return ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                               initargs=(max(1, torch.get_num_threads() // jobs),))
-
-
-def bench_llama_forward(device: str = "cpu") -> list[dict]:
-    """SmolLM2-135M forward (logits at every position), fp32, at 2K and 8K tokens: ours against transformers'
-    LlamaForCausalLM (sdpa) on the same GGUF weights, the same loss required; then the peak memory (VmHWM) of a
-    16K-token perplexity forward (``token_nll``) in a fresh process."""
-    from transformers import AutoModelForCausalLM
-
-    path = Path(model_lib.smollm2_path())
-    ours = model_lib.load_llama(path)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                              attn_implementation="sdpa").eval()
-    ids = model_lib.load_tokenizer(path).encode(ft.stdlib_documents(1)[0][1]).ids
-    rows = []
-    for T in (2048, 8192):
-        x, out = torch.tensor([ids[:T]]), {}
-        with torch.no_grad():
-            t_ours, t_hf = _best_times(lambda x=x, out=out: out.update(ours=ours(x)),
-                                       lambda x=x, out=out: out.update(hf=hf(x).logits), repeat=2)
-        # transformers forms its RoPE angles in float32, so its logits drift from ours (exact) with position
-        # (3e-3 at 8K); the loss they give must still agree
-        nll = [torch.nn.functional.cross_entropy(out[k][0, :-1], x[0, 1:]).item() for k in ("ours", "hf")]
-        rows.append(_row(f"llama_forward SmolLM2 T={T}", t_ours, "transformers sdpa fp32", t_hf,
-                         "tokens/s >= 0.9x, same loss", t_ours <= t_hf / 0.9 and abs(nll[0] - nll[1]) <= 1e-4 * nll[1]))
-    probe = ("import torch, model\nm = model.load_llama('smollm2')\nwith torch.no_grad():\n"
-             "    m.token_nll(torch.randint(0, m.config.vocab_size, (1, 16384)))\n"
-             "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent, check=True,
-                          capture_output=True, text=True)
-    peak = int(done.stdout.split()[-1]) / 2**20  # VmHWM is in KiB
-    return [*rows, _row("llama 16K token_nll peak RSS (GiB)", peak, "2 GiB", 2.0, "< 2 GiB", peak < 2)]
-
-
-SPEED_BENCHES = {"rope_table": bench_rope_table, "posgen": bench_posgen, "train_mfu": bench_train_mfu,
-                 "llama_forward": bench_llama_forward}
-
-
-def cmd_speed(args: argparse.Namespace) -> int:
-    print(f"{'benchmark':<40} {'ours':>10} {'baseline':<34} {'base':>10} {'ratio':>8}  target / ok")
-    all_ok = True
-    for name in args.only or SPEED_BENCHES:
-        for r in SPEED_BENCHES[name](args.device):
-            all_ok &= r["ok"]
-            print(f"{r['name']:<40} {r['ours_s']:>9.4f}s {r['baseline']:<34} {r['baseline_s']:>9.4f}s "
-                  f"{r['ratio']:>7.3f}x  {r['target']} {'ok' if r['ok'] else 'MISSED'}", flush=True)
-    return 0 if all_ok else 1
+def cmd_fig1(args: argparse.Namespace) -> int:
+    """Figure 1: rotation angles m·θ_6 of RoPE and Resonance RoPE for m < L = 64 and L ≤ m < L' = 128."""
+    dim, base, L, L2, j = 64, 10000.0, 64, 128, 6
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), subplot_kw={"projection": "polar"})
+    for ax, (name, res) in zip(axes, (("RoPE", False), ("Resonance RoPE", True)), strict=True):
+        theta, _ = PE(resonance=res).inv_freq(dim, base, L)
+        m = torch.arange(L2, dtype=torch.float64)
+        ang = torch.remainder(m * theta[j], 2 * math.pi)  # float64: exact enough to show coincidence
+        gap = resonance.feature_gap(theta, L, L2)[j].item()
+        ax.scatter(ang[:L], torch.ones(L), s=28, label=f"training positions 0-{L - 1}")
+        ax.scatter(ang[L:], torch.full((L2 - L,), 0.8), s=28, marker="x", label=f"OOD positions {L}-{L2 - 1}")
+        for a in ang[L:]:
+            ax.plot([a, a], [0.8, 1.0], color="0.7", lw=0.5)
+        ax.set_ylim(0, 1.1)
+        ax.set_yticks([])
+        lam = 2 * math.pi / theta[j].item()
+        ax.set_title(f"{name}: angle m·θ_{j} mod 2π\nλ_{j} = {lam:.2f}, feature gap h = {gap:.3f}", fontsize=10)
+    axes[0].legend(loc="lower center", bbox_to_anchor=(1.1, -0.22), ncol=2, fontsize=8)
+    fig.suptitle(f"Figure 1: d = {dim}, b = {base:g}, L = {L}, L' = {L2}", fontsize=10)
+    _save(fig, args.out)
+    print(f"wrote {args.out}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------
-# PosGen (Sec. 6.1): evaluate a checkpoint, Table 1 with Figure 3, Figure 1.
+# Table 1 and Figure 3 (Sec. 6.1): summary, paired differences, report, figures, the runs, merge, the command.
+
 
 TABLE1_TASKS = {"recursive": "Recursive", "cot": "CoT", "semirecursive": "Semi-Rec."}
 TABLE1_PES = {"rope": "RoPE", "res_rope": "Res. RoPE", "yarn": "YaRN", "res_yarn": "Res. YaRN"}
+
+
 # The paper's Table 1: OOD accuracy (%), (mean, variance) over five seeds.
 PAPER_TABLE1 = {
     "recursive": {"rope": (65.29, 0.43), "res_rope": (62.64, 0.15), "yarn": (95.93, 0.04), "res_yarn": (98.30, 0.00)},
@@ -197,15 +86,6 @@ PAPER_TABLE1 = {
     "semirecursive": {"rope": (17.96, 0.03), "res_rope": (29.78, 0.07), "yarn": (33.70, 0.04),
                       "res_yarn": (48.46, 0.03)},
 }
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -475,13 +355,6 @@ def plot_paired(paired: dict, path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> None:
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-
-
 def training_units(tasks, pes, seeds, protocol: str) -> list[list[tuple[str, str, int]]]:
     """The grid's (task, PE, seed) cells grouped by the training run they share (under ``code`` a YaRN row is its
     RoPE row's run), in grid order: the unit of work a job takes."""
@@ -552,20 +425,6 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
             for f in as_completed(futures):
                 finished(f.result())
     return [rows[c] for u in units for c in u]
-
-
-def device_name(device: str | torch.device) -> str:
-    """The GPU's name, or the CPU's model and the kernel set PyTorch dispatches to (AVX2, AVX512, …): CPU runs of
-    one seed give other numbers on another CPU (reduction order), so a result records which one it ran on."""
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):  # not Linux
-        model = platform.processor() or platform.machine()
-    return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()} kernels)"
 
 
 def upgraded(data: dict) -> dict:
@@ -721,6 +580,10 @@ def cmd_table1(args: argparse.Namespace) -> int:
                                                  f"{harness.select} epoch")
     print(f"wrote {out} and {', '.join(map(str, figures))}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Which harness settings the ordering depends on (ablation), and Table 1 against the training budget.
 
 
 # One harness item switched off at a time (evaluate.py ablation); "select=last" reads the same runs as "full".
@@ -886,36 +749,9 @@ def cmd_budget(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_fig1(args: argparse.Namespace) -> int:
-    """Figure 1: rotation angles m·θ_6 of RoPE and Resonance RoPE for m < L = 64 and L ≤ m < L' = 128."""
-    dim, base, L, L2, j = 64, 10000.0, 64, 128, 6
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), subplot_kw={"projection": "polar"})
-    for ax, (name, res) in zip(axes, (("RoPE", False), ("Resonance RoPE", True)), strict=True):
-        theta, _ = PE(resonance=res).inv_freq(dim, base, L)
-        m = torch.arange(L2, dtype=torch.float64)
-        ang = torch.remainder(m * theta[j], 2 * math.pi)  # float64: exact enough to show coincidence
-        gap = resonance.feature_gap(theta, L, L2)[j].item()
-        ax.scatter(ang[:L], torch.ones(L), s=28, label=f"training positions 0-{L - 1}")
-        ax.scatter(ang[L:], torch.full((L2 - L,), 0.8), s=28, marker="x", label=f"OOD positions {L}-{L2 - 1}")
-        for a in ang[L:]:
-            ax.plot([a, a], [0.8, 1.0], color="0.7", lw=0.5)
-        ax.set_ylim(0, 1.1)
-        ax.set_yticks([])
-        lam = 2 * math.pi / theta[j].item()
-        ax.set_title(f"{name}: angle m·θ_{j} mod 2π\nλ_{j} = {lam:.2f}, feature gap h = {gap:.3f}", fontsize=10)
-    axes[0].legend(loc="lower center", bbox_to_anchor=(1.1, -0.22), ncol=2, fontsize=8)
-    fig.suptitle(f"Figure 1: d = {dim}, b = {base:g}, L = {L}, L' = {L2}", fontsize=10)
-    _save(fig, args.out)
-    print(f"wrote {args.out}")
-    return 0
-
-
-
-
 # ----------------------------------------------------------------------------------------------------------
-# LLaMA evaluations of Sec. 6.2: perplexity vs context length (Fig. 4), before and after fine-tuning, and
-# passkey retrieval.
+# LLaMA evaluations of Sec. 6.2: perplexity against context length, passkey retrieval.
+
 
 LLAMA_DEFAULT_PES = ("rope", "ntk:2", "dynamic_ntk", "yarn:2", "yarn:4", "res_yarn:2", "res_yarn:4")
 PASSKEY_DEFAULT_PES = ("rope", "yarn:2", "res_yarn:2")
@@ -1017,6 +853,8 @@ def plot_lengths(curves: dict[str, tuple[dict[int, float], bool, int]], train_le
 
 PASSKEY_TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
                 "I will quiz you about the important information there.")
+
+
 PASSKEY_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 
@@ -1096,6 +934,7 @@ def cmd_passkey(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------------
 # Figure 4 after fine-tuning (Sec. 6.2, App. C.2): evaluate.py fig4, resumable stage by stage.
+
 
 def python_sources() -> list[tuple[str, Path]]:
     """The .py files of the running interpreter (standard library and site-packages) as (name, path), the name
@@ -1233,6 +1072,183 @@ def cmd_fig4(args: argparse.Namespace) -> int:
                      f"Fig. 4 after fine-tuning {args.model}: {args.tokens} tokens per PE; dashed: before", args.png)
     print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# speed: each benchmark returns rows {"name", "ours_s", "baseline", "baseline_s", "ratio", "target", "ok"}.
+# Ratios, not absolute times, because the machine is shared and noisy; both sides run in the same process,
+# alternately, so a change in the machine's load hits both alike.
+
+
+def _best_times(*fns: Callable[[], object], repeat: int = 5) -> list[float]:
+    """Best wall time of each function over ``repeat`` alternating rounds."""
+    best = [math.inf] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
+
+
+def _row(name: str, ours_s: float, baseline: str, baseline_s: float, target: str, ok: bool) -> dict:
+    return {"name": name, "ours_s": ours_s, "baseline": baseline, "baseline_s": baseline_s,
+            "ratio": ours_s / baseline_s, "target": target, "ok": bool(ok)}
+
+
+def bench_rope_table(device: str = "cpu") -> list[dict]:
+    """A Resonance cos+sin table for d = 128, L' = 131072 on one thread, against a float32 outer product
+    ``arange ⊗ θ → cos, sin``; and ``apply_rope`` with Resonance against RoPE tables (precomputed: equal cost)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n, theta = 131072, resonance.resonance(resonance.rope_inv_freq(128))
+        pos = torch.arange(n)
+
+        def outer():
+            ang = torch.outer(torch.arange(n, dtype=torch.float32), theta.float())
+            return ang.cos(), ang.sin()
+
+        ours, t_outer = _best_times(lambda: resonance.rope_cos_sin(theta, pos), outer)
+        cos, sin = resonance.rope_cos_sin(theta, pos)
+        lam = torch.round(2 * math.pi / theta).long().tolist()
+        exact = all(torch.equal(t[p:, j], t[:n - p, j]) for t in (cos, sin) for j, p in enumerate(lam))
+        x = torch.randn(1, 32, 4096, 128)
+        plain, res = (resonance.rope_cos_sin(t, torch.arange(4096)) for t in (resonance.rope_inv_freq(128), theta))
+        t_res, t_plain = _best_times(lambda: resonance.apply_rope(x, *res), lambda: resonance.apply_rope(x, *plain),
+                                     repeat=15)
+    finally:
+        torch.set_num_threads(threads)
+    return [_row("rope_table Resonance d=128 L'=131072", ours, "outer product fp32", t_outer,
+                 "<= 2.5x, exactly periodic", ours <= 2.5 * t_outer and exact),
+            _row("apply_rope, Resonance tables", t_res, "RoPE tables", t_plain, "<= 1.02x", t_res <= 1.02 * t_plain)]
+
+
+def bench_posgen(device: str = "cpu") -> list[dict]:
+    """Generating the paper's 12,000 sequences × 256 tokens (j=1, k=3, mod 17), per task: at most 0.1 s."""
+    prefix = np.random.default_rng(0).integers(0, 17, size=(12000, 4))
+    rows = []
+    for task in posgen.TASKS:
+        (t,) = _best_times(lambda task=task: posgen.generate(task, prefix, 256))
+        rows.append(_row(f"posgen {task} 12000x256", t, "0.1 s budget", 0.1, "<= 1x", t <= 0.1))
+    return rows
+
+
+def bench_train_mfu(device: str = "cpu", preset: str = "paper") -> list[dict]:
+    """Information, no target: paper-size PosGen training steps/s and model-FLOPs utilisation, on ``device``.
+
+    ``finetune.posgen_step`` on App. C.1's model under the full ``code`` harness (frozen FFN, T5 attention), B =
+    128 sequences of T = 64, the paper preset's precision (TF32 matmuls on CUDA, compiled there; fp32 on CPU).
+    Model FLOPs per step: B·T × ``finetune.model_flops_per_token`` (PaLM's count). MFU = those FLOPs per second
+    over the 2048³ matmul rate measured here on the same device, threads and precision."""
+    torch.manual_seed(0)
+    dev, preset, B, T = torch.device(device), ft.PRESETS[preset], 128, 64
+    net = ft.posgen_model(ft.run_meta("recursive", "rope", 0, preset, ft.HARNESSES["code"]))[0].to(dev)
+    opt, sched = ft.posgen_optimizer(net, preset, "authors", 10**6)
+    x, y = (t.to(dev) for t in ft.lm_batch(torch.randint(0, preset.modulus, (B, T)), preset.modulus, 4))
+    fwd = torch.compile(net) if dev.type == "cuda" else net
+    a, b = torch.randn(2048, 2048, device=dev), torch.randn(2048, 2048, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            ft.posgen_step(fwd, opt, sched, x, y, preset.precision)
+        sync()
+
+    steps(3)  # warm-up: allocator, optimizer state, compilation
+    n = 50 if dev.type == "cuda" else 2
+    t_step, t_mm = _best_times(lambda: steps(n), lambda: (a @ b, sync()), repeat=3)
+    t_step /= n
+    flops = B * T * ft.model_flops_per_token(net, net.config.n_layer, net.config.d_model, T)
+    rate = 2 * 2048**3 / t_mm
+    return [_row(f"train {preset.name}-size: {1 / t_step:.1f} steps/s, MFU {100 * flops / t_step / rate:.0f}%", t_step,
+                 f"step at matmul rate ({rate / 1e9:.0f} GFLOP/s, {device_name(dev)})", flops / rate, "info", True)]
+
+
+def bench_llama_forward(device: str = "cpu") -> list[dict]:
+    """SmolLM2-135M forward (logits at every position), fp32, at 2K and 8K tokens: ours against transformers'
+    LlamaForCausalLM (sdpa) on the same GGUF weights, the same loss required; then the peak memory (VmHWM) of a
+    16K-token perplexity forward (``token_nll``) in a fresh process."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(model_lib.smollm2_path())
+    ours = model_lib.load_llama(path)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                              attn_implementation="sdpa").eval()
+    ids = model_lib.load_tokenizer(path).encode(ft.stdlib_documents(1)[0][1]).ids
+    rows = []
+    for T in (2048, 8192):
+        x, out = torch.tensor([ids[:T]]), {}
+        with torch.no_grad():
+            t_ours, t_hf = _best_times(lambda x=x, out=out: out.update(ours=ours(x)),
+                                       lambda x=x, out=out: out.update(hf=hf(x).logits), repeat=2)
+        # transformers forms its RoPE angles in float32, so its logits drift from ours (exact) with position
+        # (3e-3 at 8K); the loss they give must still agree
+        nll = [torch.nn.functional.cross_entropy(out[k][0, :-1], x[0, 1:]).item() for k in ("ours", "hf")]
+        rows.append(_row(f"llama_forward SmolLM2 T={T}", t_ours, "transformers sdpa fp32", t_hf,
+                         "tokens/s >= 0.9x, same loss", t_ours <= t_hf / 0.9 and abs(nll[0] - nll[1]) <= 1e-4 * nll[1]))
+    probe = ("import torch, model\nm = model.load_llama('smollm2')\nwith torch.no_grad():\n"
+             "    m.token_nll(torch.randint(0, m.config.vocab_size, (1, 16384)))\n"
+             "print(open('/proc/self/status').read().split('VmHWM:')[1].split()[0])\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).resolve().parent, check=True,
+                          capture_output=True, text=True)
+    peak = int(done.stdout.split()[-1]) / 2**20  # VmHWM is in KiB
+    return [*rows, _row("llama 16K token_nll peak RSS (GiB)", peak, "2 GiB", 2.0, "< 2 GiB", peak < 2)]
+
+
+SPEED_BENCHES = {"rope_table": bench_rope_table, "posgen": bench_posgen, "train_mfu": bench_train_mfu,
+                 "llama_forward": bench_llama_forward}
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    print(f"{'benchmark':<40} {'ours':>10} {'baseline':<34} {'base':>10} {'ratio':>8}  target / ok")
+    all_ok = True
+    for name in args.only or SPEED_BENCHES:
+        for r in SPEED_BENCHES[name](args.device):
+            all_ok &= r["ok"]
+            print(f"{r['name']:<40} {r['ours_s']:>9.4f}s {r['baseline']:<34} {r['baseline_s']:>9.4f}s "
+                  f"{r['ratio']:>7.3f}x  {r['target']} {'ok' if r['ok'] else 'MISSED'}", flush=True)
+    return 0 if all_ok else 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Helpers: figures, worker processes, the device a result ran on; then the command line.
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+
+
+def spawn_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` spawned worker processes (safe with CUDA), each with a 1/jobs share of this process's threads."""
+    return ProcessPoolExecutor(jobs, multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
+                               initargs=(max(1, torch.get_num_threads() // jobs),))
+
+
+def device_name(device: str | torch.device) -> str:
+    """The GPU's name, or the CPU's model and the kernel set PyTorch dispatches to (AVX2, AVX512, …): CPU runs of
+    one seed give other numbers on another CPU (reduction order), so a result records which one it ran on."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):  # not Linux
+        model = platform.processor() or platform.machine()
+    return f"cpu ({model}, {torch.backends.cpu.get_cpu_capability()} kernels)"
 
 
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:

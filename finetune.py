@@ -36,243 +36,15 @@ from model import atomic_write, read_json, write_json
 from resonance import PE, Parser
 
 # ----------------------------------------------------------------------------------------------------------
-# Command lines, files, progress: argparse types check a value as it is parsed, before anything is loaded.
+# PosGen (Sec. 6.1, App. C.1): the preset and harness, data and model, scoring, optimiser, the training loop,
+# epoch selection, one Table 1 cell.
 
-
-def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], int | float]:
-    """An argparse type: an int or a float in [low, high]."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
-        return value
-    return parse
-
-
-def device(name: str) -> torch.device:
-    """An argparse type: a device torch knows and this machine has."""
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps)") from None
-    backend = getattr(torch, dev.type, None)
-    if dev.type != "cpu" and not (backend is not None and backend.is_available()):
-        raise argparse.ArgumentTypeError(f"device {name!r} is not available on this machine")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return dev
-
-
-def path_for(kind: str) -> Callable[[str], str]:
-    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written ("" for none)."""
-    def parse(text: str) -> str:
-        p = Path(text)
-        if text and p.exists() and p.is_dir() != (kind == "dir"):
-            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, not a {kind}")
-        parent = next((q for q in p.absolute().parents if q.exists()), None)
-        if text and parent is not None and not parent.is_dir():
-            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
-        return text
-    return parse
-
-
-class Distinct(argparse.Action):
-    """For nargs="+": the values, each given once (a repeated seed would train and count one run twice)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
-            raise argparse.ArgumentError(self, f"repeats {repeated[0]}")
-        setattr(namespace, self.dest, values)
-
-
-def boolean(text: str) -> bool:
-    """An argparse type: true or false."""
-    if text not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text == "true"
-
-
-def pe_spelling(text: str) -> str:
-    """An argparse type: a PE spelled ``[res_]METHOD[:FACTOR]``, checked by ``PE.parse``; its spelling back."""
-    try:
-        return str(PE.parse(text))
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv`` and run the subcommand's ``func``; a bad value or file becomes one line on stderr, exit 2."""
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, OSError) as e:
-        print(f"{parser.prog} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-
-
-def check_memory(nbytes: float, what: str) -> None:
-    """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > ram:
-        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
-                         f"{ram / 2**30:.3g} GiB")
-
-
-# Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.
-_FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def save_training(path: Path, meta: dict, net, opt, sched, rank: int = 0, **extra) -> None:
-    """Checkpoint a run atomically: model, optimizer, scheduler, torch (and CUDA) RNG, and ``extra`` fields.
-    Under FSDP every rank gathers the full state (a collective); rank 0 writes it."""
-    state = {"meta": meta, "model": dcp.get_model_state_dict(net, options=_FULL), "rng_torch": torch.get_rng_state(),
-             "optimizer": dcp.get_optimizer_state_dict(net, opt, options=_FULL), "scheduler": sched.state_dict(),
-             **({"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}), **extra}
-    if rank == 0:
-        atomic_write(path, lambda p: torch.save(state, p))
-
-
-def resume_training(path: Path, meta: dict, net, opt, sched) -> dict:
-    """Load the checkpoint at ``path`` (of a run with settings ``meta``) into the run; its dict, {} if none."""
-    if not path.exists():
-        return {}
-    state = load_checkpoint(path, meta)
-    dcp.set_model_state_dict(net, state["model"], options=_FULL)
-    dcp.set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL)
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng_torch"])
-    if torch.cuda.is_available() and "rng_cuda" in state:
-        torch.cuda.set_rng_state(state["rng_cuda"])
-    return state
-
-
-def load_checkpoint(path: str | Path, meta: dict | None = None) -> dict:
-    """A ``torch.save``d dict read with ``weights_only=True``; with ``meta``, it must be a run of those settings."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle, zip and torch each raise their own error types on a bad file
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or "meta" not in state:
-        raise ValueError(f"{path} is not a finetune.py checkpoint")
-    if meta is not None and state["meta"] != meta:
-        raise ValueError(f"{path} holds a run with other settings; remove it or choose another directory")
-    return state
-
-
-def progress(what: str, done: float, total: float, elapsed: float) -> None:
-    """One progress line on stderr: what was done, elapsed time and an ETA from the share of work done."""
-    eta = elapsed * (total - done) / done if done else math.nan
-    print(f"{what}  elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
-
-
-def fmt_s(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = round(seconds)
-    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
-def _autocast(dev: torch.device, precision: str = "bf16"):
-    """bf16 autocast on CUDA when ``precision`` is "bf16"; fp32 otherwise, always on CPU (determinism, and the
-    authors' fp32). "tf32" (fp32 weights and activations, TF32 matmuls) is CUDA's global flag, set per run."""
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and precision == "bf16")
-
-
-def model_flops_per_token(net: torch.nn.Module, n_layer: int, d_model: int, seq_len: int) -> int:
-    """Training FLOPs per token as PaLM counts them (Chowdhery et al., 2022, App. B), for MFU: 6 per weight of
-    every matmul (the ``nn.Linear`` layers, a tied LM head included; an embedding lookup is free) plus
-    12·n_layer·d_model·T for attention's score and value matmuls over a T-token context."""
-    n_matmul = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
-    return 6 * n_matmul + 12 * n_layer * d_model * seq_len
-
-
-# ----------------------------------------------------------------------------------------------------------
-# PosGen (Sec. 6.1, App. C.1)
 
 PE_NAMES = ("rope", "res_rope", "yarn", "res_yarn")  # the rows of Table 1
 PROTOCOLS = ("code", "paper")
 PRECISIONS = ("tf32", "fp32", "bf16")
 SELECT_RULES = ("best_val_id", "last", "min_val_loss", "best_val_id_x4", "best_val_ood")
 KEPT_RULES = SELECT_RULES[:2]  # the rules whose epochs a run keeps the test accuracy per position of
-
-
-def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
-    """The (training, evaluation) PEs of one Table 1 row under a protocol; "res_" applies Alg. 1 last.
-
-    ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32, Sec. 3.3's ramp.
-    ``code`` (the authors' released harness): every row trains with the unscaled table; YaRN rows swap YaRN in
-    for evaluation as that code computes it: s = (L'+1)/(L+1) = 257/65, the correction range from length
-    L'+1 = 257 (where YaRN means the *original* length), β_fast = 2, β_slow = 1, the index ramp. The +1 is their
-    start token.
-    """
-    if pe not in PE_NAMES or protocol not in PROTOCOLS or not 0 < train_len < test_len:
-        raise ValueError(f"pe must be one of {PE_NAMES}, protocol one of {PROTOCOLS} and 0 < train_len < test_len, "
-                         f"got {pe!r}, {protocol!r}, {train_len}, {test_len}")
-    res = pe.startswith("res_")
-    plain = PE("rope", resonance=res, original_len=train_len)
-    if pe.endswith("rope"):
-        return plain, plain
-    if protocol == "paper":
-        return (PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper"),) * 2
-    return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
-
-
-HARNESS_HELP = {  # the command line's text for each Harness field
-    "freeze_ffn": "keep the FFN and its norm at their initialisation",
-    "tie_head": "LM head = the embedding (T5)",
-    "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
-    "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's",
-    "schedule": "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9",
-    "select": "the reported epoch (select_epoch): best_val_id is the authors' rule; the others read the curves"}
-HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
-                   "schedule": ("authors", "ours"), "select": SELECT_RULES}
-
-
-@dataclasses.dataclass(frozen=True)
-class Harness:
-    """How a PosGen run trains and which epoch it reports: one field for each way the authors' released harness
-    (``code``, the defaults) differs from App. C.1 as written (``paper``), so each can be switched on its own."""
-
-    protocol: str = "code"          # the tables (posgen_pes): "code" trains unscaled, tests YaRN at 257/65
-    n_layer: int = 6                # the depth: their command builds t5-small's 6 blocks (AutoConfig('t5-small'));
-                                    # App. C.1's text says two
-    freeze_ffn: bool = True         # model.TinyConfig: FFN and its norm stay at their initialisation
-    tie_head: bool = True           # model.TinyConfig: head = embedding, on the final state × d_model^−½
-    attention: str = "t5"           # model.TinyConfig: "t5" (no 1/√d, Mesh-TF init, final dropout) or "sdpa"
-    split: str = "authors"          # posgen.make_splits: "authors" (cycled combinations, no seed) or "disjoint"
-    schedule: str = "authors"       # "authors": decay on every weight, Adam β1 cycled 0.95 → 0.85 → 0.95 by the
-                                    # one-cycle schedule; "ours": no decay on norm gains, β1 = 0.9
-    select: str = "best_val_id"     # the reported epoch, one of SELECT_RULES (select_epoch); the authors': best val ID
-
-    def __post_init__(self):
-        for name, allowed in {**HARNESS_CHOICES, "freeze_ffn": (True, False), "tie_head": (True, False)}.items():
-            if getattr(self, name) not in allowed or not isinstance(getattr(self, name), type(allowed[0])):
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if not (isinstance(self.n_layer, int) and 1 <= self.n_layer <= 64):
-            raise ValueError(f"n_layer must be an int in [1, 64], got {self.n_layer!r}")
-
-    def training(self) -> dict:
-        """The fields that decide the training run (not ``select``: both rules read the same run)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "select"}
-
-    @property
-    def name(self) -> str:
-        """The protocol, then each training setting that differs from that protocol's harness: "code+n_layer=2"."""
-        base = HARNESSES[self.protocol].training()
-        return self.protocol + "".join(f"+{k}={v}" for k, v in self.training().items() if v != base[k])
-
-
-HARNESSES = {"code": Harness(), "paper": Harness("paper", n_layer=2, freeze_ffn=False, tie_head=False,
-                                                 attention="sdpa", split="disjoint", schedule="ours", select="last")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,6 +91,71 @@ PRESETS: dict[str, Preset] = {
     "cot": Preset("cot", d_model=256, n_head=4, d_ff=1024, n_val=250, n_test=500, epochs=12, batch_size=32,
                   lr=1e-3, seeds=(5549,), tasks=("cot",)),
 }
+
+
+def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: int = 256) -> tuple[PE, PE]:
+    """The (training, evaluation) PEs of one Table 1 row under a protocol; "res_" applies Alg. 1 last.
+
+    ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32, Sec. 3.3's ramp.
+    ``code`` (the authors' released harness): every row trains with the unscaled table; YaRN rows swap YaRN in
+    for evaluation as that code computes it: s = (L'+1)/(L+1) = 257/65, the correction range from length
+    L'+1 = 257 (where YaRN means the *original* length), β_fast = 2, β_slow = 1, the index ramp. The +1 is their
+    start token.
+    """
+    if pe not in PE_NAMES or protocol not in PROTOCOLS or not 0 < train_len < test_len:
+        raise ValueError(f"pe must be one of {PE_NAMES}, protocol one of {PROTOCOLS} and 0 < train_len < test_len, "
+                         f"got {pe!r}, {protocol!r}, {train_len}, {test_len}")
+    res = pe.startswith("res_")
+    plain = PE("rope", resonance=res, original_len=train_len)
+    if pe.endswith("rope"):
+        return plain, plain
+    if protocol == "paper":
+        return (PE("yarn", test_len / train_len, res, train_len, alpha=1.0, beta=32.0, ramp="paper"),) * 2
+    return plain, PE("yarn", (test_len + 1) / (train_len + 1), res, test_len + 1, alpha=1.0, beta=2.0, ramp="index")
+
+
+HARNESS_CHOICES = {"protocol": PROTOCOLS, "attention": ("t5", "sdpa"), "split": ("authors", "disjoint"),
+                   "schedule": ("authors", "ours"), "select": SELECT_RULES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Harness:
+    """How a PosGen run trains and which epoch it reports: one field for each way the authors' released harness
+    (``code``, the defaults) differs from App. C.1 as written (``paper``), so each can be switched on its own."""
+
+    protocol: str = "code"          # the tables (posgen_pes): "code" trains unscaled, tests YaRN at 257/65
+    n_layer: int = 6                # the depth: their command builds t5-small's 6 blocks (AutoConfig('t5-small'));
+                                    # App. C.1's text says two
+    freeze_ffn: bool = True         # model.TinyConfig: FFN and its norm stay at their initialisation
+    tie_head: bool = True           # model.TinyConfig: head = embedding, on the final state × d_model^−½
+    attention: str = "t5"           # model.TinyConfig: "t5" (no 1/√d, Mesh-TF init, final dropout) or "sdpa"
+    split: str = "authors"          # posgen.make_splits: "authors" (cycled combinations, no seed) or "disjoint"
+    schedule: str = "authors"       # "authors": decay on every weight, Adam β1 cycled 0.95 → 0.85 → 0.95 by the
+                                    # one-cycle schedule; "ours": no decay on norm gains, β1 = 0.9
+    select: str = "best_val_id"     # the reported epoch, one of SELECT_RULES (select_epoch); the authors': best val ID
+
+    def __post_init__(self):
+        for name, allowed in {**HARNESS_CHOICES, "freeze_ffn": (True, False), "tie_head": (True, False)}.items():
+            if getattr(self, name) not in allowed or not isinstance(getattr(self, name), type(allowed[0])):
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (isinstance(self.n_layer, int) and 1 <= self.n_layer <= 64):
+            raise ValueError(f"n_layer must be an int in [1, 64], got {self.n_layer!r}")
+
+    def training(self) -> dict:
+        """The fields that decide the training run (not ``select``: both rules read the same run)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "select"}
+
+    @property
+    def name(self) -> str:
+        """The protocol, then each training setting that differs from that protocol's harness: "code+n_layer=2"."""
+        base = HARNESSES[self.protocol].training()
+        return self.protocol + "".join(f"+{k}={v}" for k, v in self.training().items() if v != base[k])
+
+
+HARNESSES = {"code": Harness(), "paper": Harness("paper", n_layer=2, freeze_ffn=False, tie_head=False,
+                                                 attention="sdpa", split="disjoint", schedule="ours", select="last")}
+
+
 LEARNED_ID_ACC = 0.95  # below this ID accuracy a model has not learned the rule; its OOD number means nothing
 
 
@@ -340,6 +177,13 @@ def preset_of(config: dict) -> Preset:
                      for f in dataclasses.fields(Preset) if f.name in config})
 
 
+def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
+    """What identifies a training run; "format" 6: the harness settings (the depth among them), validation every
+    ``val_every`` epochs, the test split scored at every validation (the curves) with its accuracy per position."""
+    return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
+            "format": 6}
+
+
 def run_dir(root: str | Path, preset: Preset, harness: Harness, task: str, pe: str, seed: int) -> Path:
     return Path(root) / "posgen" / f"{preset.name}-{harness.name}" / task / pe / f"seed{seed}"
 
@@ -356,6 +200,13 @@ def pes_sharing(pe: str, protocol: str) -> list[str]:
     return [p for p in PE_NAMES if training_run_pe(p, protocol) == training_run_pe(pe, protocol)]
 
 
+def posgen_data(meta: dict) -> dict[str, np.ndarray]:
+    """The run's train/val/test splits (the disjoint split is seeded by the run's seed)."""
+    p = meta["preset"]
+    return posgen.make_splits(meta["task"], p["n_train"], p["n_val"], p["n_test"], p["train_len"], p["test_len"],
+                              p["j"], p["k"], p["modulus"], seed=meta["seed"], split=meta["harness"]["split"])
+
+
 def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forcing pairs for sequences x_0 … x_{T−1}: input [S, x_0, …, x_{T−2}] at positions 0 … T−1 and
     targets x_0 … x_{T−1}, with the first ``skip`` (= j+k, the given prefix) targets masked to -100."""
@@ -363,6 +214,17 @@ def lm_batch(seqs: torch.Tensor, start_token: int, skip: int) -> tuple[torch.Ten
     targets = seqs.clone()
     targets[:, :skip] = -100
     return inputs, targets
+
+
+def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
+    """The model of a run, holding its training table (vocabulary = modulus + a start token, positions
+    0 … L'−1), and that training PE."""
+    p, h = preset_of(meta["preset"]), meta["harness"]
+    train_pe = posgen_pes(meta["pe"], h["protocol"], p.train_len, p.test_len)[0]
+    cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=h["n_layer"], d_model=p.d_model, n_head=p.n_head,
+                               d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe,
+                               freeze_ffn=h["freeze_ffn"], tie_head=h["tie_head"], attention=h["attention"])
+    return model_lib.TinyTransformer(cfg), train_pe
 
 
 def accuracy_summary(per_position: torch.Tensor, j: int, k: int, train_len: int) -> dict:
@@ -399,29 +261,22 @@ def evaluate_posgen(net: torch.nn.Module, seqs: np.ndarray | torch.Tensor, prese
     return {"loss": loss_sum / count, **accuracy_summary(correct / len(seqs), preset.j, preset.k, preset.train_len)}
 
 
-def run_meta(task: str, pe: str, seed: int, preset: Preset, harness: Harness) -> dict:
-    """What identifies a training run; "format" 6: the harness settings (the depth among them), validation every
-    ``val_every`` epochs, the test split scored at every validation (the curves) with its accuracy per position."""
-    return {"task": task, "pe": pe, "seed": seed, "harness": harness.training(), "preset": dataclasses.asdict(preset),
-            "format": 6}
+CURVE_KEYS = ("loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free")  # what a validation records per split
 
 
-def posgen_model(meta: dict) -> tuple[model_lib.TinyTransformer, PE]:
-    """The model of a run, holding its training table (vocabulary = modulus + a start token, positions
-    0 … L'−1), and that training PE."""
-    p, h = preset_of(meta["preset"]), meta["harness"]
-    train_pe = posgen_pes(meta["pe"], h["protocol"], p.train_len, p.test_len)[0]
-    cfg = model_lib.TinyConfig(vocab_size=p.modulus + 1, n_layer=h["n_layer"], d_model=p.d_model, n_head=p.n_head,
-                               d_ff=p.d_ff, dropout=p.dropout, max_len=p.test_len, pe=train_pe,
-                               freeze_ffn=h["freeze_ffn"], tie_head=h["tie_head"], attention=h["attention"])
-    return model_lib.TinyTransformer(cfg), train_pe
-
-
-def posgen_data(meta: dict) -> dict[str, np.ndarray]:
-    """The run's train/val/test splits (the disjoint split is seeded by the run's seed)."""
-    p = meta["preset"]
-    return posgen.make_splits(meta["task"], p["n_train"], p["n_val"], p["n_test"], p["train_len"], p["test_len"],
-                              p["j"], p["k"], p["modulus"], seed=meta["seed"], split=meta["harness"]["split"])
+def _validate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> dict:
+    """The curves' point of one validation epoch: under each row's evaluation table, loss and accuracies on the
+    val split ("val_loss", "id_acc", …) and on the test split ("test_loss", "test_id_acc", …, and the accuracy at
+    every position, "test_per_position"), so any selection rule can later read its epoch's test numbers without
+    retraining. The training table is put back."""
+    out = {}
+    for name, table in tables.items():
+        net.set_pe(table)
+        v, t = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
+        out[name] = {("val_loss" if key == "loss" else key): v[key] for key in CURVE_KEYS} | {
+            f"test_{key}": t[key] for key in (*CURVE_KEYS, "per_position")}
+    net.set_pe(train_pe)
+    return out
 
 
 def decay_groups(net: torch.nn.Module, decay_gains: bool = False) -> list[dict]:
@@ -451,43 +306,6 @@ def posgen_step(fwd, opt, sched, x: torch.Tensor, y: torch.Tensor, precision: st
     opt.step()
     sched.step()
     return loss.detach()
-
-
-CURVE_KEYS = ("loss", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free")  # what a validation records per split
-
-
-def _validate_rows(net, tables: dict[str, PE], train_pe: PE, data: dict, preset: Preset, dev) -> dict:
-    """The curves' point of one validation epoch: under each row's evaluation table, loss and accuracies on the
-    val split ("val_loss", "id_acc", …) and on the test split ("test_loss", "test_id_acc", …, and the accuracy at
-    every position, "test_per_position"), so any selection rule can later read its epoch's test numbers without
-    retraining. The training table is put back."""
-    out = {}
-    for name, table in tables.items():
-        net.set_pe(table)
-        v, t = (evaluate_posgen(net, data[split], preset, dev) for split in ("val", "test"))
-        out[name] = {("val_loss" if key == "loss" else key): v[key] for key in CURVE_KEYS} | {
-            f"test_{key}": t[key] for key in (*CURVE_KEYS, "per_position")}
-    net.set_pe(train_pe)
-    return out
-
-
-def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
-    """The validated epoch of row ``pe`` that a selection rule reports (the first one where a rule ties):
-
-    ``best_val_id`` the best validation ID accuracy (the authors' ModelCheckpoint: max, strict improvement);
-    ``last`` the last validation; ``min_val_loss`` the lowest validation loss (mostly OOD positions: the val
-    split is L' long); ``best_val_id_x4`` the best validation ID over positions j+k+1 … L−1 (x_4 left out);
-    ``best_val_ood`` the best validation OOD accuracy — what the authors' ``val/acc_ood_best`` logs; it selects
-    on OOD itself, so it is a diagnostic of what the paper may have reported, never a default.
-    """
-    validated = [h for h in history if pe in h.get("val", {})]
-    if rule not in SELECT_RULES or not validated:
-        raise ValueError(f"rule must be one of {SELECT_RULES} and row {pe!r} validated at least once, got {rule!r}")
-    if rule == "last":
-        return validated[-1]
-    key, sign = {"best_val_id": ("id_acc", 1), "min_val_loss": ("val_loss", -1),
-                 "best_val_id_x4": ("id_acc_x4free", 1), "best_val_ood": ("ood_acc", 1)}[rule]
-    return max(validated, key=lambda h: sign * h["val"][pe][key])  # max returns the first maximum
 
 
 def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", harness: str | Harness = "code",
@@ -537,8 +355,23 @@ def train_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", 
     return state
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+def select_epoch(history: list[dict], pe: str, rule: str) -> dict:
+    """The validated epoch of row ``pe`` that a selection rule reports (the first one where a rule ties):
+
+    ``best_val_id`` the best validation ID accuracy (the authors' ModelCheckpoint: max, strict improvement);
+    ``last`` the last validation; ``min_val_loss`` the lowest validation loss (mostly OOD positions: the val
+    split is L' long); ``best_val_id_x4`` the best validation ID over positions j+k+1 … L−1 (x_4 left out);
+    ``best_val_ood`` the best validation OOD accuracy — what the authors' ``val/acc_ood_best`` logs; it selects
+    on OOD itself, so it is a diagnostic of what the paper may have reported, never a default.
+    """
+    validated = [h for h in history if pe in h.get("val", {})]
+    if rule not in SELECT_RULES or not validated:
+        raise ValueError(f"rule must be one of {SELECT_RULES} and row {pe!r} validated at least once, got {rule!r}")
+    if rule == "last":
+        return validated[-1]
+    key, sign = {"best_val_id": ("id_acc", 1), "min_val_loss": ("val_loss", -1),
+                 "best_val_id_x4": ("id_acc_x4free", 1), "best_val_ood": ("ood_acc", 1)}[rule]
+    return max(validated, key=lambda h: sign * h["val"][pe][key])  # max returns the first maximum
 
 
 def test_by_rule(history: list[dict], pe: str) -> dict:
@@ -578,58 +411,6 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
     chosen = result["by_select"][harness.select]
     return result | {"harness": dataclasses.asdict(harness)} | {k: chosen[k] for k in ("epoch", "id_acc", "ood_acc",
                                                                                        "x4_acc", "id_acc_x4free")}
-
-
-def cmd_posgen(args: argparse.Namespace) -> int:
-    r = run_posgen(args.task, args.pe, args.seed, preset_from_args(args), harness_from_args(args), args.runs_dir,
-                   args.device)
-    print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']} preset, harness {r['harness']}): epoch {r['epoch']}"
-          f"  ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  training {fmt_s(r['train_s'])}")
-    return 0
-
-
-def add_preset_args(p: argparse.ArgumentParser) -> None:
-    """A preset, and the preset fields that can be changed on their own (``preset_from_args``)."""
-    p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
-    p.add_argument("--epochs", type=number(int, 1, 100_000), help="training epochs (default: the preset's)")
-    p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the harness's, 6 for code "
-                   "(the authors' released t5-small config), 2 for paper (App. C.1's text))")
-    p.add_argument("--precision", choices=PRECISIONS, help="CUDA matmuls (default: the preset's; CPU: always fp32)")
-
-
-def add_posgen_args(p: argparse.ArgumentParser) -> None:
-    """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
-    a protocol, then any harness field switched on its own."""
-    add_preset_args(p)
-    p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
-                   "(default %(default)s)")
-    for f in dataclasses.fields(Harness)[2:]:  # the protocol above, the depth in add_preset_args
-        p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
-                       != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
-                       help=f"{HARNESS_HELP[f.name]} (default: the protocol's; {f.default} for code)")
-    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
-                   "(default %(default)s)")
-    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
-
-
-def preset_from_args(args: argparse.Namespace) -> Preset:
-    """The named preset with ``--epochs`` / ``--precision`` replaced; a changed preset is named for it
-    ("cot+epochs=4"), so its runs get their own directories and results files."""
-    given = {k: v for k in ("epochs", "precision") if (v := getattr(args, k, None)) is not None}
-    if given.get("precision", "fp32") != "fp32" and not getattr(args, "merge", None) and args.device.type == "cpu":
-        raise ValueError(f"--precision {given['precision']} is a CUDA setting: on the CPU every run trains in fp32")
-    preset = PRESETS[args.preset]
-    changed = {k: v for k, v in given.items() if getattr(preset, k) != v}
-    name = preset.name + "".join(f"+{k}={v}" for k, v in changed.items())
-    return dataclasses.replace(preset, name=name, **changed)
-
-
-def harness_from_args(args: argparse.Namespace) -> Harness:
-    """The protocol's harness (``code`` where the command has no --protocol) with each field given on the command
-    line replaced."""
-    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Harness)[1:]}
-    return dataclasses.replace(HARNESSES[getattr(args, "protocol", "code")],
-                               **{k: v for k, v in given.items() if v is not None})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -857,6 +638,236 @@ def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, 
     if world > 1:
         torch.distributed.all_reduce(loss_sum)
     return loss_sum.item() / world, lr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The machinery both loops share: checkpoints, progress lines, precision, FLOP counts, memory.
+
+
+# Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.
+_FULL = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def save_training(path: Path, meta: dict, net, opt, sched, rank: int = 0, **extra) -> None:
+    """Checkpoint a run atomically: model, optimizer, scheduler, torch (and CUDA) RNG, and ``extra`` fields.
+    Under FSDP every rank gathers the full state (a collective); rank 0 writes it."""
+    state = {"meta": meta, "model": dcp.get_model_state_dict(net, options=_FULL), "rng_torch": torch.get_rng_state(),
+             "optimizer": dcp.get_optimizer_state_dict(net, opt, options=_FULL), "scheduler": sched.state_dict(),
+             **({"rng_cuda": torch.cuda.get_rng_state()} if torch.cuda.is_available() else {}), **extra}
+    if rank == 0:
+        atomic_write(path, lambda p: torch.save(state, p))
+
+
+def resume_training(path: Path, meta: dict, net, opt, sched) -> dict:
+    """Load the checkpoint at ``path`` (of a run with settings ``meta``) into the run; its dict, {} if none."""
+    if not path.exists():
+        return {}
+    state = load_checkpoint(path, meta)
+    dcp.set_model_state_dict(net, state["model"], options=_FULL)
+    dcp.set_optimizer_state_dict(net, opt, state["optimizer"], options=_FULL)
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    if torch.cuda.is_available() and "rng_cuda" in state:
+        torch.cuda.set_rng_state(state["rng_cuda"])
+    return state
+
+
+def load_checkpoint(path: str | Path, meta: dict | None = None) -> dict:
+    """A ``torch.save``d dict read with ``weights_only=True``; with ``meta``, it must be a run of those settings."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and torch each raise their own error types on a bad file
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or "meta" not in state:
+        raise ValueError(f"{path} is not a finetune.py checkpoint")
+    if meta is not None and state["meta"] != meta:
+        raise ValueError(f"{path} holds a run with other settings; remove it or choose another directory")
+    return state
+
+
+def progress(what: str, done: float, total: float, elapsed: float) -> None:
+    """One progress line on stderr: what was done, elapsed time and an ETA from the share of work done."""
+    eta = elapsed * (total - done) / done if done else math.nan
+    print(f"{what}  elapsed {fmt_s(elapsed)}  eta {fmt_s(eta)}", file=sys.stderr, flush=True)
+
+
+def fmt_s(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _autocast(dev: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CUDA when ``precision`` is "bf16"; fp32 otherwise, always on CPU (determinism, and the
+    authors' fp32). "tf32" (fp32 weights and activations, TF32 matmuls) is CUDA's global flag, set per run."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda" and precision == "bf16")
+
+
+def model_flops_per_token(net: torch.nn.Module, n_layer: int, d_model: int, seq_len: int) -> int:
+    """Training FLOPs per token as PaLM counts them (Chowdhery et al., 2022, App. B), for MFU: 6 per weight of
+    every matmul (the ``nn.Linear`` layers, a tied LM head included; an embedding lookup is free) plus
+    12·n_layer·d_model·T for attention's score and value matmuls over a T-token context."""
+    n_matmul = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    return 6 * n_matmul + 12 * n_layer * d_model * seq_len
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > ram:
+        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
+                         f"{ram / 2**30:.3g} GiB")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The command line (and its argument types, which evaluate.py shares): a value is checked as it is parsed,
+# before anything is loaded; a user mistake is one line on stderr, exit 2.
+
+
+def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], int | float]:
+    """An argparse type: an int or a float in [low, high]."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
+        return value
+    return parse
+
+
+class Distinct(argparse.Action):
+    """For nargs="+": the values, each given once (a repeated seed would train and count one run twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
+            raise argparse.ArgumentError(self, f"repeats {repeated[0]}")
+        setattr(namespace, self.dest, values)
+
+
+def device(name: str) -> torch.device:
+    """An argparse type: a device torch knows and this machine has."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps)") from None
+    backend = getattr(torch, dev.type, None)
+    if dev.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise argparse.ArgumentTypeError(f"device {name!r} is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def path_for(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written ("" for none)."""
+    def parse(text: str) -> str:
+        p = Path(text)
+        if text and p.exists() and p.is_dir() != (kind == "dir"):
+            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, not a {kind}")
+        parent = next((q for q in p.absolute().parents if q.exists()), None)
+        if text and parent is not None and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
+        return text
+    return parse
+
+
+def boolean(text: str) -> bool:
+    """An argparse type: true or false."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
+def pe_spelling(text: str) -> str:
+    """An argparse type: a PE spelled ``[res_]METHOD[:FACTOR]``, checked by ``PE.parse``; its spelling back."""
+    try:
+        return str(PE.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the subcommand's ``func``; a bad value or file becomes one line on stderr, exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+
+
+HARNESS_HELP = {  # the command line's text for each Harness field
+    "freeze_ffn": "keep the FFN and its norm at their initialisation",
+    "tie_head": "LM head = the embedding (T5)",
+    "attention": "t5: no 1/√d, Mesh-TF init, final dropout; sdpa: logits/√d, N(0, 0.02)",
+    "split": "authors: cycled prefixes, val/test inside train; disjoint: the paper's",
+    "schedule": "authors: decay on all weights, β1 cycled 0.95→0.85; ours: no decay on gains, β1 0.9",
+    "select": "the reported epoch (select_epoch): best_val_id is the authors' rule; the others read the curves"}
+
+
+def add_preset_args(p: argparse.ArgumentParser) -> None:
+    """A preset, and the preset fields that can be changed on their own (``preset_from_args``)."""
+    p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
+    p.add_argument("--epochs", type=number(int, 1, 100_000), help="training epochs (default: the preset's)")
+    p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the harness's, 6 for code "
+                   "(the authors' released t5-small config), 2 for paper (App. C.1's text))")
+    p.add_argument("--precision", choices=PRECISIONS, help="CUDA matmuls (default: the preset's; CPU: always fp32)")
+
+
+def add_posgen_args(p: argparse.ArgumentParser) -> None:
+    """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
+    a protocol, then any harness field switched on its own."""
+    add_preset_args(p)
+    p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
+                   "(default %(default)s)")
+    for f in dataclasses.fields(Harness)[2:]:  # the protocol above, the depth in add_preset_args
+        p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
+                       != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
+                       help=f"{HARNESS_HELP[f.name]} (default: the protocol's; {f.default} for code)")
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
+                   "(default %(default)s)")
+    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The named preset with ``--epochs`` / ``--precision`` replaced; a changed preset is named for it
+    ("cot+epochs=4"), so its runs get their own directories and results files."""
+    given = {k: v for k in ("epochs", "precision") if (v := getattr(args, k, None)) is not None}
+    if given.get("precision", "fp32") != "fp32" and not getattr(args, "merge", None) and args.device.type == "cpu":
+        raise ValueError(f"--precision {given['precision']} is a CUDA setting: on the CPU every run trains in fp32")
+    preset = PRESETS[args.preset]
+    changed = {k: v for k, v in given.items() if getattr(preset, k) != v}
+    name = preset.name + "".join(f"+{k}={v}" for k, v in changed.items())
+    return dataclasses.replace(preset, name=name, **changed)
+
+
+def harness_from_args(args: argparse.Namespace) -> Harness:
+    """The protocol's harness (``code`` where the command has no --protocol) with each field given on the command
+    line replaced."""
+    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Harness)[1:]}
+    return dataclasses.replace(HARNESSES[getattr(args, "protocol", "code")],
+                               **{k: v for k, v in given.items() if v is not None})
+
+
+def cmd_posgen(args: argparse.Namespace) -> int:
+    r = run_posgen(args.task, args.pe, args.seed, preset_from_args(args), harness_from_args(args), args.runs_dir,
+                   args.device)
+    print(f"{r['task']} {r['pe']} seed {r['seed']} ({r['preset']} preset, harness {r['harness']}): epoch {r['epoch']}"
+          f"  ID acc {_pct(r['id_acc'])}  OOD acc {_pct(r['ood_acc'])}  training {fmt_s(r['train_s'])}")
+    return 0
 
 
 def cmd_llama(args: argparse.Namespace) -> int:
