@@ -298,16 +298,18 @@ def plot_fig3(runs: list[dict], path: Path, title: str) -> None:
     _save(fig, path)
 
 
-def plot_positions(runs: list[dict], path: Path, title: str, preset: ft.Preset) -> None:
+def plot_positions(runs: list[dict], path: Path, title: str, preset: ft.Preset, rule: str) -> None:
     """Where each PE breaks: test accuracy against position, one line per row (the mean over seeds, with a band
     from the lowest to the highest seed where there are several), one panel per task; the training length L, the
-    first generated token x_{j+k} and chance (1/modulus) marked. Reads each run's ``per_position``."""
+    first generated token x_{j+k} and chance (1/modulus) marked. Reads each run's ``per_position`` at the epoch of
+    ``rule`` (one of ``ft.KEPT_RULES``)."""
     plt, tasks = _pyplot(), [t for t in TABLE1_TASKS if any(r["task"] == t for r in runs)]
     first, pos = preset.j + preset.k, np.arange(preset.j + preset.k, preset.test_len)  # x_{j+k}: the first scored
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 3.8), squeeze=False, sharey=True)
     for ax, task in zip(axes[0], tasks, strict=True):
         for color, (pe, name) in enumerate(TABLE1_PES.items()):
-            cell = [r["per_position"] for r in runs if (r["task"], r["pe"]) == (task, pe) and r.get("per_position")]
+            cell = [p for r in runs if (r["task"], r["pe"]) == (task, pe)
+                    and (p := r.get("by_select", {}).get(rule, {}).get("per_position"))]
             if not cell:
                 continue
             acc = 100 * np.array([c[first:] for c in cell], dtype=float)
@@ -373,8 +375,7 @@ def _unit_rows(unit, preset: ft.Preset, harness: ft.Harness, runs_dir: str, devi
         r = ft.run_posgen(task, pe, seed, preset, harness, runs_dir, device)
         validated = [h for h in r["history"] if "val_loss" in h]
         rows.append({k: r[k] for k in ("task", "pe", "seed", *keys, "trained_as", "train_s")}
-                    | {"per_position": r["by_select"][harness.select].get("per_position"),
-                       "learned": r["id_acc_x4free"] >= ft.LEARNED_ID_ACC,
+                    | {"learned": r["id_acc_x4free"] >= ft.LEARNED_ID_ACC,
                        "val_loss": [[h["epoch"], h["val_loss"]] for h in validated],
                        "val_id_acc": [[h["epoch"], h["id_acc"]] for h in validated],
                        "by_select": {k: {f: v[f] for f in (*keys, "per_position") if f in v}
@@ -392,8 +393,8 @@ def reselect(runs: list[dict], rule: str) -> list[dict]:
     if missing := [f"{r['task']} {r['pe']} seed {r['seed']}" for r in runs if rule not in r.get("by_select", {})]:
         raise ValueError(f"--select {rule}: these runs hold no test at that rule's epoch (a results file from before "
                          f"the curves were recorded?): {', '.join(missing[:3])}")
-    chosen = [r["by_select"][rule] for r in runs]
-    return [r | {"per_position": None} | c | {"learned": c.get("id_acc_x4free", c["id_acc"]) >= ft.LEARNED_ID_ACC}
+    chosen = [{k: v for k, v in r["by_select"][rule].items() if k != "per_position"} for r in runs]
+    return [r | c | {"learned": c.get("id_acc_x4free", c["id_acc"]) >= ft.LEARNED_ID_ACC}
             for r, c in zip(runs, chosen, strict=True)]
 
 
@@ -491,7 +492,7 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
         for r in data["runs"] if same_rule else reselect(data["runs"], harness.select):
             if (key := (r["task"], r["pe"], r["seed"])) in runs:
                 raise ValueError(f"{path} repeats {key[0]} {key[1]} seed {key[2]}, held by an earlier --merge file")
-            runs[key] = r
+            runs[key] = {k: v for k, v in r.items() if k != "per_position"}  # files of 2026-12-07 repeated it here
         parts += data.get("merged_from") or [  # a merged file: the calls it was merged from
             {"file": Path(path).name} | {k: data.get(k) for k in ("wall_s", "device", "precision", "jobs")}]
     order = [list(TABLE1_TASKS), list(TABLE1_PES), list(dict.fromkeys([*preset.seeds, *sorted(r[2] for r in runs)]))]
@@ -569,11 +570,11 @@ def cmd_table1(args: argparse.Namespace) -> int:
     seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
     figures = [out.with_name(out.stem + "_fig3.png")]
     plot_fig3(runs, figures[0], f"Validation loss, {name}, mean over {seeds_text}")
-    if any(r.get("per_position") for r in runs):  # recorded since 2026-12-07, at the kept rules' epochs
+    if any("per_position" in r.get("by_select", {}).get(harness.select, {}) for r in runs):  # since 2026-12-07
         figures.append(out.with_name(out.stem + "_positions.png"))
         plot_positions(runs, figures[-1], f"Test accuracy by position at the {harness.select} epoch, {name}, "
                        f"{seeds_text}" + (" (line: mean; band: lowest to highest seed)" if len(seeds) > 1 else ""),
-                       preset)
+                       preset, harness.select)
     if any(len(d["diff"]) > 1 for pairs in data["paired"].values() for d in pairs.values()):
         figures.append(out.with_name(out.stem + "_paired.png"))
         plot_paired(data["paired"], figures[-1], f"Res. − base OOD accuracy per seed, {name}, "
