@@ -516,6 +516,26 @@ def by_rule(runs: list[dict]) -> dict:
     return {rule: {"table": s, "paired": paired_differences(s)} for rule, s in summaries.items()}
 
 
+def table1_figures(data: dict, out: Path, preset: ft.Preset, harness: ft.Harness) -> list[Path]:
+    """Beside the results JSON ``out``: Figure 3, the accuracy by position (where the runs hold it at the reported
+    rule's epoch) and, with several seeds, the paired differences. Every title states the preset and the depth."""
+    runs, seeds = data["runs"], data["seeds"]
+    name = f"preset {preset.name}, {harness.n_layer} layers, harness {harness.name}"
+    seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
+    figures = [out.with_name(out.stem + "_fig3.png")]
+    plot_fig3(runs, figures[0], f"Validation loss, {name}, mean over {seeds_text}")
+    if any("per_position" in r.get("by_select", {}).get(harness.select, {}) for r in runs):  # since 2026-12-07
+        figures.append(out.with_name(out.stem + "_positions.png"))
+        plot_positions(runs, figures[-1], f"Test accuracy by position at the {harness.select} epoch, {name}, "
+                       f"{seeds_text}" + (" (line: mean; band: lowest to highest seed)" if len(seeds) > 1 else ""),
+                       preset, harness.select)
+    if any(len(d["diff"]) > 1 for pairs in data["paired"].values() for d in pairs.values()):
+        figures.append(out.with_name(out.stem + "_paired.png"))
+        plot_paired(data["paired"], figures[-1], f"Res. − base OOD accuracy per seed, {name}, "
+                                                 f"{harness.select} epoch")
+    return figures
+
+
 def cmd_table1(args: argparse.Namespace) -> int:
     """Table 1 and Figure 3: every (task × PE × seed) of a preset; finished runs are reused,
     and the results JSON is rewritten after every finished training run. ``--merge``: no training, the runs of
@@ -566,19 +586,7 @@ def cmd_table1(args: argparse.Namespace) -> int:
         print(f"This call took {ft.fmt_s(time.perf_counter() - t0)}; training the {n_runs} runs took {train_s} in "
               f"all (a run reused from an earlier call counts the time it took then); {torch.get_num_threads()} "
               f"threads, {args.jobs} run(s) at a time.")
-    name = f"preset {preset.name}, {harness.n_layer} layers, harness {harness.name}"
-    seeds_text = f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
-    figures = [out.with_name(out.stem + "_fig3.png")]
-    plot_fig3(runs, figures[0], f"Validation loss, {name}, mean over {seeds_text}")
-    if any("per_position" in r.get("by_select", {}).get(harness.select, {}) for r in runs):  # since 2026-12-07
-        figures.append(out.with_name(out.stem + "_positions.png"))
-        plot_positions(runs, figures[-1], f"Test accuracy by position at the {harness.select} epoch, {name}, "
-                       f"{seeds_text}" + (" (line: mean; band: lowest to highest seed)" if len(seeds) > 1 else ""),
-                       preset, harness.select)
-    if any(len(d["diff"]) > 1 for pairs in data["paired"].values() for d in pairs.values()):
-        figures.append(out.with_name(out.stem + "_paired.png"))
-        plot_paired(data["paired"], figures[-1], f"Res. − base OOD accuracy per seed, {name}, "
-                                                 f"{harness.select} epoch")
+    figures = table1_figures(data, out, preset, harness)
     print(f"wrote {out} and {', '.join(map(str, figures))}")
     return 0
 
