@@ -1,9 +1,9 @@
-"""Evaluation entry points for the Resonance RoPE reference.
+"""Evaluation entry points for the Resonance RoPE reference, in the paper's order.
 
-    python evaluate.py table1 --preset quick --jobs 2   # Table 1 + Figure 3, the authors' harness: 12-17 min, 2 cores
-    python evaluate.py ablation                # Table 1 with each harness item switched off in turn, 3 seeds
-    python evaluate.py posgen --task cot --pe yarn --preset quick   # one run: ID / OOD / per-position accuracy
     python evaluate.py fig1                    # Figure 1: m·θ_6 of RoPE vs. Resonance RoPE
+    python evaluate.py table1 --preset quick --jobs 2   # Table 1, Figure 3, accuracy by position: 6 layers, ~10 min
+    python evaluate.py table1 --preset quick --seeds 5549 4955 42 --jobs 2   # … with paired statistics over seeds
+    python evaluate.py ablation --preset cot   # Table 1 with each harness item switched off in turn, 3 seeds
     python evaluate.py perplexity              # SmolLM2 perplexity vs context length, 7 PEs (no fine-tuning)
     python evaluate.py passkey --lengths 2048 8192 16384 --trials 2
     python evaluate.py fig4                    # Fig. 4 after fine-tuning: yarn:4 vs res_yarn:4 (a GPU budget)

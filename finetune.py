@@ -828,7 +828,7 @@ def add_preset_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_posgen_args(p: argparse.ArgumentParser) -> None:
-    """The arguments that name a PosGen run (shared with ``evaluate.py posgen``, ``table1`` and ``ablation``):
+    """The arguments that name a PosGen run (shared with ``evaluate.py table1``):
     a protocol, then any harness field switched on its own."""
     add_preset_args(p)
     p.add_argument("--protocol", default="code", choices=PROTOCOLS, help="the harness to start from "
