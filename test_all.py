@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -1614,6 +1615,22 @@ def test_every_option_has_help_that_shows_its_default(capsys):
         with pytest.raises(SystemExit):
             script.main(["--help"])
         assert shown in " ".join(capsys.readouterr().out.split())
+def test_every_documented_command_parses_as_written():
+    """Each `python evaluate.py …` / `python finetune.py …` line of the READMEs parses with today's command line and
+    names a preset and harness that exist: a committed result's command still runs as written (templates with $, …
+    or [optional] parts, the retired llama-compare of an old commit, and CUDA devices, absent here, aside)."""
+    text = re.sub(r"\\\n\s*", " ", Path("README.md").read_text() + Path("results/README.md").read_text())
+    commands = re.findall(r"python ((?:evaluate|finetune)\.py [^`\n#]*)", text)
+    checked = 0
+    for command in commands:
+        if any(t in command for t in ("$", "…", "[", "llama-compare")):
+            continue
+        script, *argv = shlex.split(command.replace("--device cuda", "--device cpu"))
+        args = (evaluate if script == "evaluate.py" else finetune).build_parser().parse_args(argv)
+        if hasattr(args, "preset") and not getattr(args, "merge", None):
+            finetune.preset_from_args(args), finetune.harness_from_args(args)
+        checked += 1
+    assert checked >= 40
 def test_no_command_writes_under_results_by_default(tmp_path, monkeypatch):
     outputs = [(c, a.default) for s in (evaluate, finetune) for c, a in _options(s.build_parser(), s.__name__)
                if a.dest in ("out", "png", "json", "hf", "gguf")]
