@@ -1044,6 +1044,9 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     ft.check_memory(max(lengths + args.passkey_lengths) * 4096 * 4, "the longest evaluation forward")
     training = json.dumps([str(args.model), args.tokens, args.seq_len, args.batch_size, args.micro_batch, args.seed])
     root = Path(args.runs_dir) / "fig4" / f"{_path_hash(training):012x}"  # one directory per training setting
+    for spec in args.pes:  # a PE the exported model could not carry fails now, before the sources are read
+        net = model_lib.load_llama(args.model, spec)
+        model_lib.rope_scaling_of(net.pe, net.train_len, net.config.head_dim, net.config.rope_theta)
     heldout = fig4_data(tokenizer, args.heldout_docs, lengths[-1], args.tokens * 11 // 10, root / "train.jsonl")
     report["heldout"] = [{"name": d["name"], "tokens": len(d["ids"])} for d in heldout]
     report.setdefault("device", device_name(args.device))
