@@ -1283,17 +1283,21 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
 def build_parser() -> argparse.ArgumentParser:
     parser = ft.Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ft.Parser)
+    _add_posgen_commands(sub)  # in the paper's order: fig1, table1, ablation, budget, perplexity, passkey, fig4
+    _add_llama_commands(sub)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
     p.add_argument("--device", default=torch.device("cpu"), type=ft.device,
                    help="where train_mfu trains (default cpu)")
     p.set_defaults(func=cmd_speed)
-    _add_posgen_commands(sub)
-    _add_llama_commands(sub)
     return parser
 
 
 def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
+    p.add_argument("--out", default="runs/fig1.png", type=ft.path_for("file"), help="PNG path (default %(default)s)")
+    p.set_defaults(func=cmd_fig1)
+
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
     p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", action=ft.Distinct,
                    help="override the preset's seeds")
@@ -1335,9 +1339,6 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
                    help="figure path; the table's JSON goes beside it (default %(default)s)")
     p.set_defaults(func=cmd_budget)
 
-    p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
-    p.add_argument("--out", default="runs/fig1.png", type=ft.path_for("file"), help="PNG path (default %(default)s)")
-    p.set_defaults(func=cmd_fig1)
 
 
 def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
