@@ -209,6 +209,13 @@ def format_table1(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def seed_lines(summary: dict) -> list[str]:
+    """With several seeds, each row's OOD accuracy seed by seed (the table gives their mean ± std)."""
+    return [f"  {TABLE1_TASKS[t]} {TABLE1_PES[pe]} per seed: " + ", ".join(
+        f"{s} {x:.2f}" for s, x in zip(c["seeds"], c["ood"], strict=True))
+        for t in TABLE1_TASKS for pe, c in summary.get(t, {}).items() if c["n"] > 1]
+
+
 def paired_lines(summary: dict, paired: dict) -> list[str]:
     """Each Res. − base OOD difference, per seed, beside both rows' ID accuracy and the paper's difference; with
     2+ seeds its mean ± sd, SE, 95 % bootstrap interval, seeds with Resonance ahead, the sign test's p, and roughly
@@ -268,9 +275,11 @@ def closing_sentences(summary: dict, paired: dict, n_seeds: int, at_paper_size: 
 
 
 def table1_report(data: dict) -> str:
-    """The main job's closing lines, from its results JSON: header, table, paired differences, closing sentences."""
+    """The main job's closing lines, from its results JSON: header, table (and each seed's values), paired
+    differences, closing sentences."""
     summary, paired = data["table"], data["paired"]
-    return "\n".join([*table1_header(data), format_table1(summary), *paired_lines(summary, paired),
+    return "\n".join([*table1_header(data), format_table1(summary), *seed_lines(summary),
+                      *paired_lines(summary, paired),
                       *closing_sentences(summary, paired, len(data["seeds"]), paper_size(data["preset_config"]))])
 
 
@@ -576,8 +585,8 @@ def cmd_table1(args: argparse.Namespace) -> int:
         print(f"\nOnly {', '.join(data['by_rule'])} of the {len(ft.SELECT_RULES)} selection rules: these runs hold no "
               "curves (results files from before they were recorded), so the other rules cannot be read.")
     for rule, d in data["by_rule"].items() if args.every_rule else ():
-        print(f"\nSelection rule {rule}: {SELECT_HELP[rule]}\n" + "\n".join([format_table1(d["table"]),
-                                                                            *paired_lines(d["table"], d["paired"])]))
+        print(f"\nSelection rule {rule}: {SELECT_HELP[rule]}\n" + "\n".join([
+            format_table1(d["table"]), *seed_lines(d["table"]), *paired_lines(d["table"], d["paired"])]))
     n_runs, train_s = sum(r["trained_as"] == r["pe"] for r in runs), ft.fmt_s(sum(r["train_s"] for r in runs))
     if parts:
         calls = "; ".join(f"{p['file']}: {p['device']}, {p['jobs']} run(s) at a time" for p in parts)

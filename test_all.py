@@ -801,6 +801,7 @@ def test_table1_closing_lines_three_seeds_mean_std_and_two_standard_errors():
             "Resonance ahead in 1 of 3, sign test p = 1; paper +2.37 (~1 seeds to find it at this sd); ID 99.00 vs "
             "99.00") in lines  # a tie (seed 3) counts for neither side
     assert "| RoPE | 55.00 ± 5.00 (94.00) † | 65.29 (0.43) |" in lines
+    assert "  Recursive Res. RoPE per seed: 1 70.00, 2 79.00, 3 76.00" in lines  # each seed's value beside the mean
     assert lines[-3:-1] == ["More than 2 standard errors (std/√n) from 0: Recursive Res. RoPE − RoPE; the others are "
                             "within seed noise. The levels are not the paper's (smaller model, shorter training).",
                             "Below 95 % ID, the rule not fully learned: Recursive RoPE."]
