@@ -1332,10 +1332,6 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"], action=ft.Distinct,
                    help="the PosGen rules (default %(default)s)")
     p.add_argument("--variants", nargs="+", choices=ABLATION, action=ft.Distinct, help="a subset (default all)")
-    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the run directories "
-                   "(default %(default)s)")
-    p.add_argument("--device", default=ft.default_device(), type=ft.device,
-                   help="cpu, cuda or cuda:N (default %(default)s)")
     p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
     p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")

@@ -819,12 +819,16 @@ HARNESS_HELP = {  # the command line's text for each Harness field
 
 
 def add_preset_args(p: argparse.ArgumentParser) -> None:
-    """A preset, and the preset fields that can be changed on their own (``preset_from_args``)."""
+    """A preset, the preset fields that can be changed on their own (``preset_from_args``), the depth, and where
+    and how its runs train."""
     p.add_argument("--preset", default="quick", choices=PRESETS, help="model size and budget (default %(default)s)")
     p.add_argument("--epochs", type=number(int, 1, 100_000), help="training epochs (default: the preset's)")
     p.add_argument("--n-layer", type=number(int, 1, 64), help="Transformer blocks (default: the harness's, 6 for code "
                    "(the authors' released t5-small config), 2 for paper (App. C.1's text))")
     p.add_argument("--precision", choices=PRECISIONS, help="CUDA matmuls (default: the preset's; CPU: always fp32)")
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
+                   "(default %(default)s)")
+    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
 
 
 def add_posgen_args(p: argparse.ArgumentParser) -> None:
@@ -837,9 +841,6 @@ def add_posgen_args(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{f.name.replace('_', '-')}", choices=HARNESS_CHOICES.get(f.name), metavar=None if f.type
                        != "bool" else "{true,false}", type=boolean if f.type == "bool" else str,
                        help=f"{HARNESS_HELP[f.name]} (default: the protocol's; {f.default} for code)")
-    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the run directories "
-                   "(default %(default)s)")
-    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default %(default)s)")
 
 
 def preset_from_args(args: argparse.Namespace) -> Preset:
