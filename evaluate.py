@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import math
 import multiprocessing
 import platform
@@ -26,7 +24,6 @@ import random
 import re
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 from collections.abc import Callable
@@ -954,142 +951,59 @@ def cmd_passkey(args: argparse.Namespace) -> int:
 # Figure 4 after fine-tuning (Sec. 6.2, App. C.2): evaluate.py fig4, resumable stage by stage.
 
 
-def python_sources() -> list[tuple[str, Path]]:
-    """The .py files of the running interpreter (standard library and site-packages) as (name, path), the name
-    relative to its root ("stdlib/json/decoder.py", "site-packages/torch/nn/functional.py"), in the order of a
-    stable hash of the name (sha256: the same on every machine and run)."""
-    paths, roots = {}, {"stdlib": Path(sysconfig.get_paths()["stdlib"]), "site-packages":
-                        Path(sysconfig.get_paths()["purelib"])}
-    for tag, root in roots.items():
-        for p in root.rglob("*.py"):
-            rel = p.relative_to(root)
-            if not (tag == "stdlib" and rel.parts[0] in ("site-packages", "dist-packages")) and p.is_file():
-                paths.setdefault(f"{tag}/{rel.as_posix()}", p)
-    return sorted(paths.items(), key=lambda kv: (_path_hash(kv[0]), kv[0]))
-
-
-def _path_hash(name: str) -> int:
-    return int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)
-
-
-def fig4_data(tokenizer, n_heldout: int, heldout_len: int, train_tokens: int, train_file: Path) -> list[dict]:
-    """Split ``python_sources`` by path hash: one in ten is held out, the rest is training text. Returns the first
-    ``n_heldout`` held-out documents (hash order) with at least ``heldout_len`` tokens, {"name", "ids"}; writes
-    training documents (hash order) with at least ``train_tokens`` tokens in all to ``train_file`` (.jsonl)."""
-    reuse = train_file.is_file()  # written by an earlier call with the same training settings
-    heldout, train, n_train = [], [], train_tokens if reuse else 0
-    for name, path in python_sources():
-        is_heldout = _path_hash(name) % 10 == 0
-        if (len(heldout) >= n_heldout if is_heldout else n_train >= train_tokens) or (
-                is_heldout and path.stat().st_size < heldout_len):  # a token is at least a byte
-            continue
-        text = path.read_text(encoding="utf-8", errors="replace")
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        if is_heldout and len(ids) >= heldout_len:
-            heldout.append({"name": name, "ids": ids})
-        elif not is_heldout:
-            train.append(json.dumps({"text": text}) + "\n")
-            n_train += len(ids)
-        if len(heldout) >= n_heldout and n_train >= train_tokens:
-            break
-    if len(heldout) < n_heldout:
-        raise ValueError(f"only {len(heldout)} held-out sources have >= {heldout_len} tokens; --heldout-docs "
-                         f"{n_heldout} are needed")
-    if not reuse:
-        model_lib.atomic_write(train_file, lambda p: Path(p).write_text("".join(train)))
-    return heldout
-
-
-def fig4_differences(report: dict, lengths: list[int]) -> dict:
-    """Per PE pair (res_X, X) and length, before and after fine-tuning: the mean paired perplexity difference
-    Res. − base over held-out documents, its 95 % bootstrap interval, and whether the interval excludes 0."""
-    out = {}
-    for when, by_pe in report["perplexity"].items():
-        for res in (p for p in by_pe if p.startswith("res_") and p.removeprefix("res_") in by_pe):
-            base = res.removeprefix("res_")
-            for n in map(str, lengths):
-                diffs = [a - b for a, b in zip(by_pe[res]["per_document"][n], by_pe[base]["per_document"][n],
-                                               strict=True)]
-                lo, hi = bootstrap_interval(diffs)
-                out.setdefault(f"{res} - {base}", {}).setdefault(when, {})[n] = {
-                    "mean": float(np.mean(diffs)), "ci95": [lo, hi], "separated": lo > 0 or hi < 0}
-    return out
-
-
-def _fig4_finetune(args: argparse.Namespace, spec: str, root: Path) -> dict:
-    """Fine-tune ``--model`` with one PE on ``root/train.jsonl`` (App. C.2's recipe, ``finetune.finetune_llama``,
-    resumable in ``root/<pe>``): the same data, order and seed for every PE."""
-    run = ft.LlamaRun(model=str(args.model), pe=spec, seq_len=args.seq_len, train_tokens=args.tokens,
-                      batch_size=args.batch_size, micro_batch=args.micro_batch, text=str(root / "train.jsonl"),
-                      heldout_docs=0, seed=args.seed, grad_checkpointing=args.seq_len > 1024)
-    log = ft.finetune_llama(run, root / spec.replace(":", "-s"), device=str(args.device))
-    wall = log["history"][-1]["elapsed_s"]
-    tokens = log["steps"] * args.batch_size * log["seq_len"]
-    net = model_lib.load_llama(args.model)
-    flops = ft.model_flops_per_token(net, net.config.num_hidden_layers, net.config.hidden_size, log["seq_len"])
-    return {"train_tokens": tokens, "steps": log["steps"], "seq_len": log["seq_len"], "wall_s": wall,
-            "tokens_per_s": tokens / wall, "model_flops_per_s": flops * tokens / wall,
-            "loss_first": log["history"][0]["loss"], "loss_last": log["history"][-1]["loss"]}
-
-
-def _matmul_rate(device: torch.device) -> float:
-    """FLOP/s of a square matmul on ``device``: bf16 4096³ on CUDA (fine-tuning's autocast), fp32 2048³ on CPU."""
-    n, dtype = (4096, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    (t,) = _best_times(lambda: (a @ b, sync()), repeat=5)
-    return 2 * n**3 / t
-
-
 def cmd_fig4(args: argparse.Namespace) -> int:
-    """Fig. 4 after fine-tuning: each PE of ``--pes`` fine-tunes the same model on the same data, order and seed;
-    the un-tuned and tuned models are scored (perplexity, one window per held-out document; passkey); the paired
-    Res. − base differences get bootstrap intervals. Stage by stage, resumable: the JSON is rewritten after each
-    stage and a later call skips the stages it holds (for the same settings)."""
+    """Fig. 4 after fine-tuning: each PE of ``--pes`` fine-tunes ``--model`` on the same text, order and seed
+    (``finetune.finetune_llama``, App. C.2's recipe, resumable in ``--runs-dir``/fig4/<pe>); the un-tuned model
+    (the PE swapped in) and each tuned one are scored on the held-out documents no fine-tuning saw (``perplexity``:
+    the first N tokens, one window per document); each Res. − base pair gets the mean per-document difference
+    and its 95 % bootstrap interval. The JSON is rewritten after each stage; a later call with the same settings
+    keeps the stages it holds."""
     settings = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("func", "out", "png")}
     old = model_lib.read_json(args.out, "a fig4 results file") if Path(args.out).is_file() else {}
-    report = old if old.get("settings") == settings else {"settings": settings}
-    tokenizer, lengths, t0 = model_lib.load_tokenizer(args.model), sorted(args.lengths), time.perf_counter()
-    ft.check_memory(max(lengths + args.passkey_lengths) * 4096 * 4, "the longest evaluation forward")
-    training = json.dumps([str(args.model), args.tokens, args.seq_len, args.batch_size, args.micro_batch, args.seed])
-    root = Path(args.runs_dir) / "fig4" / f"{_path_hash(training):012x}"  # one directory per training setting
-    for spec in args.pes:  # a PE the exported model could not carry fails now, before the sources are read
+    report = old if old.get("settings") == settings else {"settings": settings, "device": device_name(args.device)}
+    lengths, root, t0 = sorted(args.lengths), Path(args.runs_dir) / "fig4", time.perf_counter()
+    ft.check_memory(lengths[-1] * 4096 * 4, "the longest evaluation forward")
+    for spec in args.pes:  # a PE the exported model could not carry fails now, before any training
         net = model_lib.load_llama(args.model, spec)
         model_lib.rope_scaling_of(net.pe, net.train_len, net.config.head_dim, net.config.rope_theta)
-    heldout = fig4_data(tokenizer, args.heldout_docs, lengths[-1], args.tokens * 11 // 10, root / "train.jsonl")
-    report["heldout"] = [{"name": d["name"], "tokens": len(d["ids"])} for d in heldout]
-    report.setdefault("device", device_name(args.device))
-    if "peak_flops" not in report:  # measured once: a resumed call keeps the first call's rate
-        report["peak_flops"] = _matmul_rate(args.device)
-    docs = [(d["name"], d["ids"]) for d in heldout]
     for spec in args.pes:
+        run = ft.LlamaRun(model=str(args.model), pe=spec, seq_len=args.seq_len, train_tokens=args.tokens,
+                          batch_size=args.batch_size, micro_batch=args.micro_batch, text=args.text,
+                          heldout_docs=args.heldout_docs, heldout_min_tokens=lengths[-1], seed=args.seed,
+                          grad_checkpointing=args.seq_len > 1024)
         if spec not in report.setdefault("finetune", {}):
-            report["finetune"][spec] = _fig4_finetune(args, spec, root)
-            report["finetune"][spec]["mfu"] = report["finetune"][spec]["model_flops_per_s"] / report["peak_flops"]
+            log = ft.finetune_llama(run, root / spec.replace(":", "-s"), device=str(args.device))
+            wall, tokens = log["history"][-1]["elapsed_s"], log["steps"] * args.batch_size * log["seq_len"]
+            report["finetune"][spec] = {"steps": log["steps"], "train_tokens": tokens, "wall_s": wall,
+                                        "tokens_per_s": tokens / wall, "loss_first": log["history"][0]["loss"],
+                                        "loss_last": log["history"][-1]["loss"]}
             model_lib.write_json(args.out, report)
+    tokenizer = model_lib.load_tokenizer(args.model)  # every PE held out the same documents: same text and seed
+    heldout = ft.read_documents([str(root / args.pes[0].replace(":", "-s") / "heldout.jsonl")])
+    docs = [(name, tokenizer.encode(text, add_special_tokens=False).ids) for name, text in heldout]
     for when, spec in ((w, s) for w in ("before", "after") for s in args.pes):
-        if spec in report.setdefault("perplexity", {}).setdefault(when, {}):
-            continue
-        path = args.model if when == "before" else root / spec.replace(":", "-s") / "model"
-        llama = model_lib.load_llama(path, spec if when == "before" else None).to(args.device)  # tuned: its own PE
-        report["original_len"] = llama.train_len
-        ppl = perplexity(llama, docs, {spec: llama.pe}, lengths, None, args.device)["results"][spec]
-        report["perplexity"][when][spec] = ppl | {"passkey": passkey(
-            llama, tokenizer, spec, args.passkey_lengths, [0.5], args.trials, 10, args.seed, args.device)}
-        model_lib.write_json(args.out, report)
-    report["differences"] = fig4_differences(report, lengths)
+        if spec not in report.setdefault("perplexity", {}).setdefault(when, {}):
+            path = args.model if when == "before" else root / spec.replace(":", "-s") / "model"
+            llama = model_lib.load_llama(path, spec if when == "before" else None).to(args.device)  # tuned: own PE
+            report["perplexity"][when][spec] = perplexity(llama, docs, {spec: llama.pe}, lengths, None,
+                                                          args.device)["results"][spec]
+            report["original_len"] = llama.train_len
+            model_lib.write_json(args.out, report)
+    for when, res, n in ((w, r, str(n)) for w in ("before", "after") for r in args.pes for n in lengths):
+        if res.startswith("res_") and (base := res.removeprefix("res_")) in args.pes:
+            ppl = report["perplexity"][when]
+            diffs = [a - b for a, b in zip(ppl[res]["per_document"][n], ppl[base]["per_document"][n], strict=True)]
+            lo, hi = bootstrap_interval(diffs)
+            report.setdefault("differences", {}).setdefault(f"{res} - {base}", {}).setdefault(when, {})[n] = {
+                "mean": float(np.mean(diffs)), "ci95": [lo, hi], "separated": lo > 0 or hi < 0}
+            print(f"{res} - {base} ({when} fine-tuning) at {n}: {np.mean(diffs):+.4f} [{lo:+.4f}, {hi:+.4f}]")
     report["wall_s_this_call"] = time.perf_counter() - t0
     model_lib.write_json(args.out, report)
-    for pair, by_when in report["differences"].items():
-        for when, by_n in by_when.items():
-            print(f"{pair} ({when} fine-tuning): " + "; ".join(
-                f"{n}: {d['mean']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]{' *' if d['separated'] else ''}"
-                for n, d in by_n.items()))
     if args.png:
         curves = {f"{PE.parse(s).label()}, {'no FT' if w == 'before' else 'FT'}": (
             {int(n): p for n, p in r["perplexity"].items()}, w == "before", i)
             for w, by_pe in report["perplexity"].items() for i, (s, r) in enumerate(by_pe.items())}
-        plot_lengths(curves, report["original_len"], "perplexity (held-out sources)",
+        plot_lengths(curves, report["original_len"], "perplexity (held-out documents)",
                      f"Fig. 4 after fine-tuning {args.model}: {args.tokens} tokens per PE; dashed: before", args.png)
     print(f"wrote {args.out}" + (f" and {args.png}" if args.png else ""))
     return 0
@@ -1396,11 +1310,10 @@ def _add_fig4_command(sub: argparse._SubParsersAction) -> None:
                    "a step is gradient accumulation (default %(default)s)")
     p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 32768],
                    help="perplexity lengths (default %(default)s)")
-    p.add_argument("--passkey-lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 24576, 32768],
-                   help="passkey prompt lengths (default %(default)s)")
-    p.add_argument("--trials", type=ft.number(int, 1), default=10,
-                   help="passkey trials per length (default %(default)s)")
-    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out sources (default %(default)s)")
+    p.add_argument("--text", help=".txt or .jsonl (a 'text' field) documents to fine-tune on and hold out from "
+                   "(default: every module of Python's standard library)")
+    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out documents, each at least "
+                   "max(--lengths) tokens (default %(default)s)")
     p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=0, help="data order and init seed "
                    "(default %(default)s)")
     p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the fine-tuning runs "

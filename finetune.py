@@ -438,18 +438,22 @@ class LlamaRun:
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup: float = 0.05            # share of the steps with a linear warm-up
-    text: str | None = None         # .txt or .jsonl ("text" per line, as PG19); None: Python's stdlib
+    text: str | None = None         # .txt or .jsonl ("text" per line, as PG19); None: Python's standard library
     heldout_docs: int = 4           # documents kept out of training, written to heldout.jsonl for evaluation
     heldout_min_tokens: int | None = None  # a held-out document has at least this many tokens; None: L'
     seed: int = 0
     grad_checkpointing: bool = True
 
 
-def stdlib_documents(n: int | None = None) -> list[tuple[str, str]]:
-    """The ``n`` largest modules of Python's standard library (by bytes, then name) as (name, text): long code
-    documents that exist on every machine, in the spirit of Proof-pile / GitHub long-context sets."""
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"), key=lambda p: (-p.stat().st_size, p.name))
-    return [(p.name, p.read_text(encoding="utf-8")) for p in files[:n]]
+def stdlib_documents(n: int | None = None, packages: bool = False) -> list[tuple[str, str]]:
+    """The ``n`` largest modules of Python's standard library (by bytes, then path) as (path, text): long code
+    documents that exist on every machine, in the spirit of Proof-pile / GitHub long-context sets. The top-level
+    modules; with ``packages`` also those inside its packages (its tests included; site-packages left out)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in root.glob("**/*.py" if packages else "*.py") if not {"site-packages", "dist-packages"} & set(
+        p.relative_to(root).parts) and p.is_file()]
+    return [(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace"))
+            for p in sorted(files, key=lambda p: (-p.stat().st_size, p.relative_to(root).as_posix()))[:n]]
 
 
 def read_documents(paths: list[str]) -> list[tuple[str, str]]:
@@ -531,7 +535,7 @@ def prepare_llama_run(run: LlamaRun, world: int = 1) -> tuple[model_lib.Llama, o
         raise ValueError(f"batch_size ({run.batch_size}) must be a multiple of micro_batch × processes "
                          f"({run.micro_batch} × {world})")
     pe = PE.parse(run.pe, original_len=run.original_len, alpha=run.alpha, beta=run.beta)
-    texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents())]
+    texts = [doc for _, doc in (read_documents([run.text]) if run.text else stdlib_documents(packages=True))]
     net, tokenizer = model_lib.load_llama(run.model, pe), model_lib.load_tokenizer(run.model)
     model_lib.rope_scaling_of(net.pe, net.train_len, net.config.head_dim, net.config.rope_theta)  # exportable?
     target_len = math.ceil(pe.factor * net.train_len)

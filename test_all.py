@@ -1291,26 +1291,20 @@ def test_fig4_command_runs_at_toy_size_every_pe_on_identical_batches_and_resumes
     batches, step = [], finetune._llama_step  # every optimiser step's token ids, in order
     monkeypatch.setattr(finetune, "_llama_step", lambda lm, opt, sched, train, micro, *a: (
         batches.append(torch.cat([train[mb] for mb in micro])), step(lm, opt, sched, train, micro, *a))[1])
-    out, png = tmp_path / "fig4.json", tmp_path / "fig4.png"
+    out, png, runs = tmp_path / "fig4.json", tmp_path / "fig4.png", tmp_path / "runs" / "fig4"
     argv = ["fig4", "--model", str(ft[0] / "tiny"), "--pes", "yarn:2", "res_yarn:2", "--tokens", "512", "--seq-len",
-            "32", "--batch-size", "4", "--lengths", "32", "64", "--passkey-lengths", "300", "--heldout-docs", "3",
-            "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--out", str(out), "--png", str(png)]
+            "32", "--batch-size", "4", "--lengths", "32", "64", "--text", str(ft[0] / "text.jsonl"), "--heldout-docs",
+            "3", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", "--out", str(out), "--png", str(png)]
     assert evaluate.main(argv) == 0 and png.stat().st_size > 1000
     r = json.loads(out.read_text())
     assert len(batches) == 8 and all(torch.equal(a, b) for a, b in zip(batches[:4], batches[4:], strict=True))
-    train = (next((tmp_path / "runs" / "fig4").iterdir()) / "train.jsonl").read_text()
-    assert len(r["heldout"]) == 3 and all(h["tokens"] >= 64 for h in r["heldout"])
-    sources, lines = dict(evaluate.python_sources()), set(train.splitlines())
-    assert all(evaluate._path_hash(h["name"]) % 10 == 0 for h in r["heldout"])  # the held-out bucket only ...
-    assert not any(json.dumps({"text": sources[h["name"]].read_text(encoding="utf-8", errors="replace")}) in lines
-                   for h in r["heldout"]) and len(lines) > 0  # ... which training never sees
+    heldout = [_texts(runs / d / "heldout.jsonl") for d in ("yarn-s2", "res_yarn-s2")]
+    assert heldout[0] == heldout[1] and len(heldout[0]) == 3  # both PEs hold out the same documents
     for spec in ("yarn:2", "res_yarn:2"):
         f = r["finetune"][spec]
-        assert f["train_tokens"] == 512 and f["steps"] == 4 and f["tokens_per_s"] > 0 and 0 < f["mfu"]
+        assert f["train_tokens"] == 512 and f["steps"] == 4 and f["tokens_per_s"] > 0
         for when in ("before", "after"):
-            cell = r["perplexity"][when][spec]
-            assert len(cell["per_document"]["64"]) == 3 and set(cell["passkey"]["accuracy_by_length"]) == {"300"}
-            assert len(cell["passkey"]["by_length_depth"]["300@0.5"]["trials"]) == 10
+            assert len(r["perplexity"][when][spec]["per_document"]["64"]) == 3
     d = r["differences"]["res_yarn:2 - yarn:2"]["after"]["64"]
     per = [a - b for a, b in zip(*(r["perplexity"]["after"][s]["per_document"]["64"] for s in ("res_yarn:2", "yarn:2")),
                                  strict=True)]
@@ -1569,7 +1563,7 @@ def _start_cli(d: Path, tiny: Path) -> subprocess.Popen:
                        "bad_pe": good | {"runs": [run | {"pe": "rope_x"}]}, "good": good}.items():
         (d / f"{name}.json").write_text(json.dumps(data))  # table1 results files, one fault each
     llama = f"--model {tiny} --text {d}/doc.jsonl --heldout-docs 1 --device cpu --out {d}/run"
-    fig4 = (f"--model {tiny} --tokens 64 --seq-len 16 --batch-size 1 --lengths 32 --passkey-lengths 300 "
+    fig4 = (f"--model {tiny} --tokens 64 --seq-len 16 --batch-size 1 --lengths 32 "
             f"--heldout-docs 2 --runs-dir {d}/f --device cpu --out {d}/f.json --png {d}/f.png")
     (d / "cases.json").write_text(json.dumps([c.format(d=d, tiny=tiny, llama=llama, fig4=fig4).split()
                                               for c, _ in CLI_ERRORS]))
