@@ -37,7 +37,7 @@ import finetune as ft
 import model as model_lib
 import posgen
 import resonance
-from resonance import PE
+from resonance import PE, Distinct, Parser, default_device, device, number, path_for, pe_spelling, run_main
 
 # ----------------------------------------------------------------------------------------------------------
 # Figure 1 (Sec. 3-4): RoPE's and Resonance RoPE's rotation angles.
@@ -1189,28 +1189,28 @@ def device_name(device: str | torch.device) -> str:
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:
     p.add_argument("--model", default="smollm2", help="HF checkpoint directory, .gguf file or "
                    "'smollm2' (default %(default)s)")
-    p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=ft.pe_spelling,
+    p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=pe_spelling,
                    help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default %(default)s)")
-    p.add_argument("--original-length", type=ft.number(int, 1),
+    p.add_argument("--original-length", type=number(int, 1),
                    help="L, the trained context the scalings start from (default: the model's, 8192 for SmolLM2)")
-    p.add_argument("--alpha", type=ft.number(float, 0), help="YaRN α = HF beta_slow (default 1)")
-    p.add_argument("--beta", type=ft.number(float, 0), help="YaRN β = HF beta_fast (default 32; Llama 3's: 4)")
+    p.add_argument("--alpha", type=number(float, 0), help="YaRN α = HF beta_slow (default 1)")
+    p.add_argument("--beta", type=number(float, 0), help="YaRN β = HF beta_fast (default 32; Llama 3's: 4)")
     p.add_argument("--ramp", default="index", choices=resonance.RAMPS, help="YaRN ramp (default %(default)s, as HF)")
-    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=lengths, help="context lengths "
+    p.add_argument("--lengths", nargs="+", type=number(int, 2), default=lengths, help="context lengths "
                    "(default %(default)s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights (default %(default)s)")
-    p.add_argument("--device", default=ft.default_device(), type=ft.device,
+    p.add_argument("--device", default=default_device(), type=device,
                    help="cpu, cuda or cuda:N (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ft.Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=ft.Parser)
+    parser = Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     _add_posgen_commands(sub)  # in the paper's order: fig1, table1, ablation, budget, perplexity, passkey, fig4
     _add_llama_commands(sub)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
-    p.add_argument("--device", default=torch.device("cpu"), type=ft.device,
+    p.add_argument("--device", default=torch.device("cpu"), type=device,
                    help="where train_mfu trains (default cpu)")
     p.set_defaults(func=cmd_speed)
     return parser
@@ -1218,19 +1218,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
-    p.add_argument("--out", default="runs/fig1.png", type=ft.path_for("file"), help="PNG path (default %(default)s)")
+    p.add_argument("--out", default="runs/fig1.png", type=path_for("file"), help="PNG path (default %(default)s)")
     p.set_defaults(func=cmd_fig1)
 
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
-    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", action=ft.Distinct,
+    p.add_argument("--seeds", type=number(int, 0, 2**32 - 1), nargs="+", action=Distinct,
                    help="override the preset's seeds")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, action=ft.Distinct,
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, action=Distinct,
                    help="the PosGen rules (default: the preset's)")
-    p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, action=ft.Distinct, help="a subset (default all)")
+    p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, action=Distinct, help="a subset (default all)")
     ft.add_posgen_args(p)
-    p.add_argument("--out", type=ft.path_for("file"), help="JSON path; the figure goes beside it "
+    p.add_argument("--out", type=path_for("file"), help="JSON path; the figure goes beside it "
                    "(default runs/table1_<preset>[_<harness>].json)")
-    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
+    p.add_argument("--jobs", type=number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
     p.add_argument("--merge", nargs="+", action="extend", metavar="JSON", help="train nothing: combine these table1 "
                    "JSONs of the preset and harness (calls on other tasks, PEs or seeds) into --out, reported under "
@@ -1241,20 +1241,20 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
     ft.add_preset_args(p)
-    p.add_argument("--seeds", type=ft.number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
-                   action=ft.Distinct, help="training seeds (default %(default)s)")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"], action=ft.Distinct,
+    p.add_argument("--seeds", type=number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
+                   action=Distinct, help="training seeds (default %(default)s)")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"], action=Distinct,
                    help="the PosGen rules (default %(default)s)")
-    p.add_argument("--variants", nargs="+", choices=ABLATION, action=ft.Distinct, help="a subset (default all)")
-    p.add_argument("--jobs", type=ft.number(int, 1, 64), default=1, help="runs trained at once (processes; "
+    p.add_argument("--variants", nargs="+", choices=ABLATION, action=Distinct, help="a subset (default all)")
+    p.add_argument("--jobs", type=number(int, 1, 64), default=1, help="runs trained at once (processes; "
                    "default %(default)s)")
-    p.add_argument("--out", type=ft.path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")
+    p.add_argument("--out", type=path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")
     p.set_defaults(func=cmd_ablation)
 
     p = sub.add_parser("budget", help="Table 1's paired differences against training epochs (the ablation JSONs)")
-    p.add_argument("--inputs", nargs="+", type=ft.path_for("file"), action=ft.Distinct,
+    p.add_argument("--inputs", nargs="+", type=path_for("file"), action=Distinct,
                    help="ablation results files of one model (default: results/table1_ablation*.json)")
-    p.add_argument("--out", default="runs/table1_budget.png", type=ft.path_for("file"),
+    p.add_argument("--out", default="runs/table1_budget.png", type=path_for("file"),
                    help="figure path; the table's JSON goes beside it (default %(default)s)")
     p.set_defaults(func=cmd_budget)
 
@@ -1265,28 +1265,28 @@ def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
     _add_llama_args(p, LLAMA_DEFAULT_PES, [2048, 4096, 8192, 16384])
     p.add_argument("--text", nargs="+", metavar="FILE", help=".txt or .jsonl (a 'text' field) documents, e.g. "
                    "PG19 or Proof-pile exports (default: the largest standard-library modules)")
-    p.add_argument("--stdlib-modules", type=ft.number(int, 1), default=3, help="without --text: how many "
+    p.add_argument("--stdlib-modules", type=number(int, 1), default=3, help="without --text: how many "
                    "(default %(default)s)")
-    p.add_argument("--samples", type=ft.number(int, 1), help="use at most this many documents")
+    p.add_argument("--samples", type=number(int, 1), help="use at most this many documents")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--truncate", action="store_true", help="score each document's first N tokens (CPU default)")
-    mode.add_argument("--stride", type=ft.number(int, 1), help="YaRN's sliding window (GPU default: stride 256)")
-    p.add_argument("--out", default="runs/perplexity_smollm2.json", type=ft.path_for("file"),
+    mode.add_argument("--stride", type=number(int, 1), help="YaRN's sliding window (GPU default: stride 256)")
+    p.add_argument("--out", default="runs/perplexity_smollm2.json", type=path_for("file"),
                    help="JSON path (default %(default)s)")
-    p.add_argument("--png", default="runs/perplexity_smollm2.png", type=ft.path_for("file"),
+    p.add_argument("--png", default="runs/perplexity_smollm2.png", type=path_for("file"),
                    help="figure path, '' for none (default %(default)s)")
     p.set_defaults(func=cmd_perplexity)
 
     p = sub.add_parser("passkey", help="YaRN-style passkey retrieval: accuracy per length and needle depth")
     _add_llama_args(p, PASSKEY_DEFAULT_PES, [2048, 4096, 8192, 16384])
-    p.add_argument("--depths", nargs="+", type=ft.number(float, 0, 1), default=[0.1, 0.5, 0.9],
+    p.add_argument("--depths", nargs="+", type=number(float, 0, 1), default=[0.1, 0.5, 0.9],
                    help="needle depths in [0, 1] (default %(default)s)")
-    p.add_argument("--trials", type=ft.number(int, 1), default=2,
+    p.add_argument("--trials", type=number(int, 1), default=2,
                    help="trials per (length, depth) (default %(default)s)")
-    p.add_argument("--new-tokens", type=ft.number(int, 1), default=10,
+    p.add_argument("--new-tokens", type=number(int, 1), default=10,
                    help="greedy tokens (default %(default)s, as YaRN)")
-    p.add_argument("--seed", type=ft.number(int, 0), default=0, help="seed of the keys (default %(default)s)")
-    p.add_argument("--out", default="runs/passkey_smollm2.json", type=ft.path_for("file"),
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the keys (default %(default)s)")
+    p.add_argument("--out", default="runs/passkey_smollm2.json", type=path_for("file"),
                    help="JSON path (default %(default)s)")
     p.set_defaults(func=cmd_passkey)
 
@@ -1298,37 +1298,37 @@ def _add_fig4_command(sub: argparse._SubParsersAction) -> None:
                                      "and passkey before/after with bootstrap intervals (resumable)")
     p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or "
                    "'smollm2' (trained at 8K; default %(default)s)")
-    p.add_argument("--pes", nargs="+", type=ft.pe_spelling, default=["yarn:4", "res_yarn:4"],
+    p.add_argument("--pes", nargs="+", type=pe_spelling, default=["yarn:4", "res_yarn:4"],
                    help="the PEs to fine-tune "
                    "(default %(default)s: s = 4, 8K → 32K)")
-    p.add_argument("--tokens", type=ft.number(int, 1), default=20_000_000,
+    p.add_argument("--tokens", type=number(int, 1), default=20_000_000,
                    help="fine-tuning tokens per PE (default %(default)s)")
-    p.add_argument("--seq-len", type=ft.number(int, 2), default=8192,
+    p.add_argument("--seq-len", type=number(int, 2), default=8192,
                    help="packed training length (default %(default)s)")
-    p.add_argument("--batch-size", type=ft.number(int, 1), default=8, help="sequences per step (default %(default)s)")
-    p.add_argument("--micro-batch", type=ft.number(int, 1), default=1, help="sequences per forward; the rest of "
+    p.add_argument("--batch-size", type=number(int, 1), default=8, help="sequences per step (default %(default)s)")
+    p.add_argument("--micro-batch", type=number(int, 1), default=1, help="sequences per forward; the rest of "
                    "a step is gradient accumulation (default %(default)s)")
-    p.add_argument("--lengths", nargs="+", type=ft.number(int, 2), default=[8192, 16384, 32768],
+    p.add_argument("--lengths", nargs="+", type=number(int, 2), default=[8192, 16384, 32768],
                    help="perplexity lengths (default %(default)s)")
     p.add_argument("--text", help=".txt or .jsonl (a 'text' field) documents to fine-tune on and hold out from "
                    "(default: every module of Python's standard library)")
-    p.add_argument("--heldout-docs", type=ft.number(int, 2), default=20, help="held-out documents, each at least "
+    p.add_argument("--heldout-docs", type=number(int, 2), default=20, help="held-out documents, each at least "
                    "max(--lengths) tokens (default %(default)s)")
-    p.add_argument("--seed", type=ft.number(int, 0, 2**32 - 1), default=0, help="data order and init seed "
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="data order and init seed "
                    "(default %(default)s)")
-    p.add_argument("--runs-dir", default="runs", type=ft.path_for("dir"), help="root of the fine-tuning runs "
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the fine-tuning runs "
                    "(default %(default)s)")
-    p.add_argument("--device", default=ft.default_device(), type=ft.device,
+    p.add_argument("--device", default=default_device(), type=device,
                    help="cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--out", default="runs/finetune_fig4.json", type=ft.path_for("file"),
+    p.add_argument("--out", default="runs/finetune_fig4.json", type=path_for("file"),
                    help="JSON path (default %(default)s)")
-    p.add_argument("--png", default="runs/finetune_fig4.png", type=ft.path_for("file"),
+    p.add_argument("--png", default="runs/finetune_fig4.png", type=path_for("file"),
                    help="figure path, '' for none (default %(default)s)")
     p.set_defaults(func=cmd_fig4)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return ft.run_main(build_parser(), argv)
+    return run_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

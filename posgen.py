@@ -215,25 +215,20 @@ def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int 
 # ----------------------------------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="posgen.py", description="Print PosGen sequences and one token's dependencies "
-                                              "(a text version of the paper's Figure 2).")
+    from resonance import Parser, number  # the scripts' one argument layer (torch); the generators stay numpy only
+
+    p = Parser(prog="posgen.py", description="Print PosGen sequences and one token's dependencies "
+                                             "(a text version of the paper's Figure 2).")
     p.add_argument("--task", choices=TASKS, default="recursive", help="the rule (default %(default)s)")
-    p.add_argument("--show", type=int, default=3, help="number of sequences to print (default %(default)s)")
-    p.add_argument("--length", type=int, default=16, help="tokens per sequence (default %(default)s)")
-    p.add_argument("--position", type=int, help="the l whose dependencies are marked (default: last)")
-    p.add_argument("-j", "--j", type=int, default=1, help="far tokens (default %(default)s)")
-    p.add_argument("-k", "--k", type=int, default=3, help="local tokens (default %(default)s)")
-    p.add_argument("--modulus", type=int, default=17, help="h = sum mod modulus; vocabulary 0 … modulus-1 "
-                   "(default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random prefixes (default %(default)s)")
+    p.add_argument("--show", type=number(int, 1), default=3, help="number of sequences to print (default %(default)s)")
+    p.add_argument("--length", type=number(int, 2), default=16, help="tokens per sequence (default %(default)s)")
+    p.add_argument("--position", type=number(int, 0), help="the l whose dependencies are marked (default: last)")
+    p.add_argument("-j", "--j", type=number(int, 1), default=1, help="far tokens (default %(default)s)")
+    p.add_argument("-k", "--k", type=number(int, 1), default=3, help="local tokens (default %(default)s)")
+    p.add_argument("--modulus", type=number(int, 2), default=17, help="h = sum mod modulus; vocabulary 0 … "
+                   "modulus-1 (default %(default)s)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random prefixes (default %(default)s)")
     return p
 
 

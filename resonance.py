@@ -24,6 +24,8 @@ import dataclasses
 import math
 import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -386,14 +388,93 @@ def feature_gap(inv_freq: torch.Tensor, train_len: int, test_len: int) -> torch.
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Command line
+# The command line, and the argument layer every script shares: a value is checked as it is parsed, before
+# anything is loaded; a user mistake is one line on stderr, exit 2.
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2 (every script's)."""
+    """argparse that reports a user mistake in one line (no usage dump) and exits with status 2."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def number(kind: type, low: float, high: float = math.inf) -> Callable[[str], int | float]:
+    """An argparse type: an int or a float in [low, high]."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
+        return value
+    return parse
+
+
+class Distinct(argparse.Action):
+    """For nargs="+": the values, each given once (a repeated seed would train and count one run twice)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if repeated := [v for i, v in enumerate(values) if v in values[:i]]:
+            raise argparse.ArgumentError(self, f"repeats {repeated[0]}")
+        setattr(namespace, self.dest, values)
+
+
+def device(name: str) -> torch.device:
+    """An argparse type: a device torch knows and this machine has."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {name!r} (cpu, cuda, cuda:N, mps)") from None
+    backend = getattr(torch, dev.type, None)
+    if dev.type != "cpu" and not (backend is not None and backend.is_available()):
+        raise argparse.ArgumentTypeError(f"device {name!r} is not available on this machine")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return dev
+
+
+def path_for(kind: str) -> Callable[[str], str]:
+    """An argparse type: a path where a ``kind`` ("file" or "dir") will be written ("" for none)."""
+    def parse(text: str) -> str:
+        p = Path(text)
+        if text and p.exists() and p.is_dir() != (kind == "dir"):
+            raise argparse.ArgumentTypeError(f"{text} is a {'file' if kind == 'dir' else 'directory'}, not a {kind}")
+        parent = next((q for q in p.absolute().parents if q.exists()), None)
+        if text and parent is not None and not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a directory")
+        return text
+    return parse
+
+
+def boolean(text: str) -> bool:
+    """An argparse type: true or false."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text == "true"
+
+
+def pe_spelling(text: str) -> str:
+    """An argparse type: a PE spelled ``[res_]METHOD[:FACTOR]``, checked by ``PE.parse``; its spelling back."""
+    try:
+        return str(PE.parse(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv`` and run the subcommand's ``func``; a bad value or file becomes one line on stderr, exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError) as e:
+        print(f"{parser.prog} {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1440,8 +1440,8 @@ resonance.py --pe alibi => pe must be [res_]METHOD[:FACTOR]
 resonance.py --test-len 10 => test_len must be > train_len = 4096, got 10
 posgen.py --length 1000000000000 => more than this machine's
 posgen.py --task nope => invalid choice: 'nope'
-posgen.py -j 0 => j must be >= 1, got 0
-posgen.py --show x => invalid int value: 'x'
+posgen.py -j 0 => argument -j/--j: must be in [1, inf], got 0
+posgen.py --show x => argument --show: expected int, got 'x'
 posgen.py --position 2 => --position must be in [j+k, length)
 posgen.py --length 4 => --length must be > j+k = 4, got 4
 posgen.py --modulus 2 -j 1 -k 1 --show 5 => --show must be in [1, modulus^(j+k) = 4], got 5
