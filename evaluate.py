@@ -1187,8 +1187,7 @@ def device_name(device: str | torch.device) -> str:
 
 
 def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: list[int]) -> None:
-    p.add_argument("--model", default="smollm2", help="HF checkpoint directory, .gguf file or "
-                   "'smollm2' (default %(default)s)")
+    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or 'smollm2' (default %(default)s)")
     p.add_argument("--pe", nargs="+", default=list(pes), metavar="SPEC", type=pe_spelling,
                    help=f"PEs as [res_]METHOD[:FACTOR], METHOD one of {resonance.METHODS} (default %(default)s)")
     p.add_argument("--original-length", type=number(int, 1),
@@ -1196,11 +1195,11 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
     p.add_argument("--alpha", type=number(float, 0), help="YaRN α = HF beta_slow (default 1)")
     p.add_argument("--beta", type=number(float, 0), help="YaRN β = HF beta_fast (default 32; Llama 3's: 4)")
     p.add_argument("--ramp", default="index", choices=resonance.RAMPS, help="YaRN ramp (default %(default)s, as HF)")
-    p.add_argument("--lengths", nargs="+", type=number(int, 2), default=lengths, help="context lengths "
-                   "(default %(default)s)")
+    p.add_argument("--lengths", nargs="+", type=number(int, 2), default=lengths, help="context lengths (default "
+                   "%(default)s)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="weights (default %(default)s)")
-    p.add_argument("--device", default=default_device(), type=device,
-                   help="cpu, cuda or cuda:N (default %(default)s)")
+    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default "
+                   "%(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1210,8 +1209,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_llama_commands(sub)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
-    p.add_argument("--device", default=torch.device("cpu"), type=device,
-                   help="where train_mfu trains (default cpu)")
+    p.add_argument("--device", default=torch.device("cpu"), type=device, help="where train_mfu trains (default cpu)")
     p.set_defaults(func=cmd_speed)
     return parser
 
@@ -1220,37 +1218,32 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
     p.add_argument("--out", default="runs/fig1.png", type=path_for("file"), help="PNG path (default %(default)s)")
     p.set_defaults(func=cmd_fig1)
-
+    seeds, jobs = number(int, 0, 2**32 - 1), number(int, 1, 64)
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
-    p.add_argument("--seeds", type=number(int, 0, 2**32 - 1), nargs="+", action=Distinct,
-                   help="override the preset's seeds")
-    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, action=Distinct,
-                   help="the PosGen rules (default: the preset's)")
+    p.add_argument("--seeds", type=seeds, nargs="+", action=Distinct, help="override the preset's seeds")
+    p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, action=Distinct, help="PosGen rules (default: the "
+                   "preset's)")
     p.add_argument("--pes", nargs="+", choices=ft.PE_NAMES, action=Distinct, help="a subset (default all)")
     ft.add_posgen_args(p)
-    p.add_argument("--out", type=path_for("file"), help="JSON path; the figure goes beside it "
-                   "(default runs/table1_<preset>[_<harness>].json)")
-    p.add_argument("--jobs", type=number(int, 1, 64), default=1, help="runs trained at once (processes; "
-                   "default %(default)s)")
+    p.add_argument("--out", type=path_for("file"), help="JSON path, the figures beside it (default "
+                   "runs/table1_<preset>[_<harness>].json)")
+    p.add_argument("--jobs", type=jobs, default=1, help="runs trained at once (processes; default %(default)s)")
     p.add_argument("--merge", nargs="+", action="extend", metavar="JSON", help="train nothing: combine these table1 "
                    "JSONs of the preset and harness (calls on other tasks, PEs or seeds) into --out, reported under "
                    "--select (repeating --merge adds files)")
     p.add_argument("--every-rule", action="store_true", help="also print Table 1 under every selection rule, from "
                    "the curves (default: only --select's)")
     p.set_defaults(func=cmd_table1)
-
     p = sub.add_parser("ablation", help="Table 1 under the full code harness and with each item switched off")
     ft.add_preset_args(p)
-    p.add_argument("--seeds", type=number(int, 0, 2**32 - 1), nargs="+", default=[5549, 4955, 42],
-                   action=Distinct, help="training seeds (default %(default)s)")
+    p.add_argument("--seeds", type=seeds, nargs="+", default=[5549, 4955, 42], action=Distinct,
+                   help="training seeds (default %(default)s)")
     p.add_argument("--tasks", nargs="+", choices=posgen.TASKS, default=["recursive", "cot"], action=Distinct,
-                   help="the PosGen rules (default %(default)s)")
+                   help="PosGen rules (default %(default)s)")
     p.add_argument("--variants", nargs="+", choices=ABLATION, action=Distinct, help="a subset (default all)")
-    p.add_argument("--jobs", type=number(int, 1, 64), default=1, help="runs trained at once (processes; "
-                   "default %(default)s)")
+    p.add_argument("--jobs", type=jobs, default=1, help="runs trained at once (processes; default %(default)s)")
     p.add_argument("--out", type=path_for("file"), help="JSON path (default runs/table1_ablation[_<preset>].json)")
     p.set_defaults(func=cmd_ablation)
-
     p = sub.add_parser("budget", help="Table 1's paired differences against training epochs (the ablation JSONs)")
     p.add_argument("--inputs", nargs="+", type=path_for("file"), action=Distinct,
                    help="ablation results files of one model (default: results/table1_ablation*.json)")
@@ -1259,71 +1252,61 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_budget)
 
 
-
 def _add_llama_commands(sub: argparse._SubParsersAction) -> None:
+    count, out = number(int, 1), path_for("file")
     p = sub.add_parser("perplexity", help="LLaMA perplexity vs context length for several PEs (no fine-tuning)")
     _add_llama_args(p, LLAMA_DEFAULT_PES, [2048, 4096, 8192, 16384])
     p.add_argument("--text", nargs="+", metavar="FILE", help=".txt or .jsonl (a 'text' field) documents, e.g. "
                    "PG19 or Proof-pile exports (default: the largest standard-library modules)")
-    p.add_argument("--stdlib-modules", type=number(int, 1), default=3, help="without --text: how many "
-                   "(default %(default)s)")
-    p.add_argument("--samples", type=number(int, 1), help="use at most this many documents")
+    p.add_argument("--stdlib-modules", type=count, default=3, help="without --text: how many (default %(default)s)")
+    p.add_argument("--samples", type=count, help="use at most this many documents")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--truncate", action="store_true", help="score each document's first N tokens (CPU default)")
-    mode.add_argument("--stride", type=number(int, 1), help="YaRN's sliding window (GPU default: stride 256)")
-    p.add_argument("--out", default="runs/perplexity_smollm2.json", type=path_for("file"),
-                   help="JSON path (default %(default)s)")
-    p.add_argument("--png", default="runs/perplexity_smollm2.png", type=path_for("file"),
-                   help="figure path, '' for none (default %(default)s)")
+    mode.add_argument("--stride", type=count, help="YaRN's sliding window (GPU default: stride 256)")
+    p.add_argument("--out", default="runs/perplexity_smollm2.json", type=out, help="JSON path (default %(default)s)")
+    p.add_argument("--png", default="runs/perplexity_smollm2.png", type=out, help="figure path, '' for none "
+                   "(default %(default)s)")
     p.set_defaults(func=cmd_perplexity)
-
     p = sub.add_parser("passkey", help="YaRN-style passkey retrieval: accuracy per length and needle depth")
     _add_llama_args(p, PASSKEY_DEFAULT_PES, [2048, 4096, 8192, 16384])
     p.add_argument("--depths", nargs="+", type=number(float, 0, 1), default=[0.1, 0.5, 0.9],
                    help="needle depths in [0, 1] (default %(default)s)")
-    p.add_argument("--trials", type=number(int, 1), default=2,
-                   help="trials per (length, depth) (default %(default)s)")
-    p.add_argument("--new-tokens", type=number(int, 1), default=10,
-                   help="greedy tokens (default %(default)s, as YaRN)")
+    p.add_argument("--trials", type=count, default=2, help="trials per (length, depth) (default %(default)s)")
+    p.add_argument("--new-tokens", type=count, default=10, help="greedy tokens (default %(default)s, as YaRN)")
     p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the keys (default %(default)s)")
-    p.add_argument("--out", default="runs/passkey_smollm2.json", type=path_for("file"),
-                   help="JSON path (default %(default)s)")
+    p.add_argument("--out", default="runs/passkey_smollm2.json", type=out, help="JSON path (default %(default)s)")
     p.set_defaults(func=cmd_passkey)
-
     _add_fig4_command(sub)
 
 
 def _add_fig4_command(sub: argparse._SubParsersAction) -> None:
+    count, out = number(int, 1), path_for("file")
     p = sub.add_parser("fig4", help="Fig. 4 after fine-tuning: fine-tune each PE on the same data, then perplexity "
-                                     "and passkey before/after with bootstrap intervals (resumable)")
-    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or "
-                   "'smollm2' (trained at 8K; default %(default)s)")
+                                     "before/after with bootstrap intervals (resumable)")
+    p.add_argument("--model", default="smollm2", help="HF directory, .gguf file or 'smollm2' (default %(default)s)")
     p.add_argument("--pes", nargs="+", type=pe_spelling, default=["yarn:4", "res_yarn:4"],
-                   help="the PEs to fine-tune "
-                   "(default %(default)s: s = 4, 8K → 32K)")
-    p.add_argument("--tokens", type=number(int, 1), default=20_000_000,
-                   help="fine-tuning tokens per PE (default %(default)s)")
-    p.add_argument("--seq-len", type=number(int, 2), default=8192,
-                   help="packed training length (default %(default)s)")
-    p.add_argument("--batch-size", type=number(int, 1), default=8, help="sequences per step (default %(default)s)")
-    p.add_argument("--micro-batch", type=number(int, 1), default=1, help="sequences per forward; the rest of "
-                   "a step is gradient accumulation (default %(default)s)")
+                   help="the PEs to fine-tune (default %(default)s: s = 4, SmolLM2's 8K → 32K)")
+    p.add_argument("--tokens", type=count, default=20_000_000, help="fine-tuning tokens per PE (default %(default)s)")
+    p.add_argument("--seq-len", type=number(int, 2), default=8192, help="packed training length (default "
+                   "%(default)s)")
+    p.add_argument("--batch-size", type=count, default=8, help="sequences per step (default %(default)s)")
+    p.add_argument("--micro-batch", type=count, default=1, help="sequences per forward; the rest of a step is "
+                   "gradient accumulation (default %(default)s)")
     p.add_argument("--lengths", nargs="+", type=number(int, 2), default=[8192, 16384, 32768],
                    help="perplexity lengths (default %(default)s)")
     p.add_argument("--text", help=".txt or .jsonl (a 'text' field) documents to fine-tune on and hold out from "
                    "(default: every module of Python's standard library)")
     p.add_argument("--heldout-docs", type=number(int, 2), default=20, help="held-out documents, each at least "
                    "max(--lengths) tokens (default %(default)s)")
-    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="data order and init seed "
-                   "(default %(default)s)")
-    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the fine-tuning runs "
-                   "(default %(default)s)")
-    p.add_argument("--device", default=default_device(), type=device,
-                   help="cpu, cuda or cuda:N (default %(default)s)")
-    p.add_argument("--out", default="runs/finetune_fig4.json", type=path_for("file"),
-                   help="JSON path (default %(default)s)")
-    p.add_argument("--png", default="runs/finetune_fig4.png", type=path_for("file"),
-                   help="figure path, '' for none (default %(default)s)")
+    p.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="data order and init seed (default "
+                   "%(default)s)")
+    p.add_argument("--runs-dir", default="runs", type=path_for("dir"), help="root of the fine-tuning runs (default "
+                   "%(default)s)")
+    p.add_argument("--device", default=default_device(), type=device, help="cpu, cuda or cuda:N (default "
+                   "%(default)s)")
+    p.add_argument("--out", default="runs/finetune_fig4.json", type=out, help="JSON path (default %(default)s)")
+    p.add_argument("--png", default="runs/finetune_fig4.png", type=out, help="figure path, '' for none (default "
+                   "%(default)s)")
     p.set_defaults(func=cmd_fig4)
 
 
