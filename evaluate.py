@@ -147,6 +147,7 @@ def paired_differences(summary: dict) -> dict:
                 mean, std = _mean_std(diff)
                 out.setdefault(task, {})[f"res_{base}-{base}"] = {
                     "seeds": common, "diff": diff, "mean": mean, "std": std,
+                    "paper": PAPER_TABLE1[task]["res_" + base][0] - PAPER_TABLE1[task][base][0],
                     "comparable": a["comparable"] and b["comparable"]} | ({
                         "se": std / len(diff) ** 0.5, "ci95": bootstrap_interval(diff),
                         "ahead": sum(d > 0 for d in diff), "sign_p": sign_test_p(diff)} if len(diff) > 1 else {})
@@ -222,8 +223,7 @@ def paired_lines(summary: dict, paired: dict) -> list[str]:
     for task, pairs in ((t, paired[t]) for t in TABLE1_TASKS if t in paired):
         for key, d in pairs.items():
             res, base = key.split("-")
-            a, b = summary[task][res], summary[task][base]
-            paper, n = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0], len(d["diff"])
+            a, b, paper, n = summary[task][res], summary[task][base], d["paper"], len(d["diff"])
             value = (f"{d['mean']:+.2f} ± {d['std']:.2f} over {n} seeds, SE {d['se']:.2f}, 95 % bootstrap CI "
                      f"[{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}], Resonance ahead in {d['ahead']} of {n}, sign test "
                      f"p = {d['sign_p']:.3g}; paper {paper:+.2f} (~{seeds_needed(d['std'], paper):.0f} seeds to "
@@ -346,12 +346,10 @@ def plot_paired(paired: dict, path: Path, title: str) -> None:
     for ax, task in zip(axes[0], tasks, strict=True):
         pairs = list(paired[task].items())
         ax.boxplot([d["diff"] for _, d in pairs], positions=range(len(pairs)), widths=0.5, showfliers=False)
-        for i, (key, d) in enumerate(pairs):
+        for i, (_, d) in enumerate(pairs):
             jitter = np.random.default_rng(i).uniform(-0.12, 0.12, len(d["diff"]))
             ax.scatter(i + jitter, d["diff"], s=14, color=f"C{i}", alpha=0.8, zorder=3)
-            res, base = key.split("-")
-            paper = PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]
-            ax.plot([i - 0.3, i + 0.3], [paper, paper], color="red", lw=2, label="paper" if i == 0 else None)
+            ax.plot([i - 0.3, i + 0.3], [d["paper"]] * 2, color="red", lw=2, label="paper" if i == 0 else None)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xticks(range(len(pairs)), [f"{TABLE1_PES[k.split('-')[0]]}\n− {TABLE1_PES[k.split('-')[1]]}"
                                           for k, _ in pairs], fontsize=8)
@@ -685,14 +683,11 @@ def budget_rows(paths: list[str | Path]) -> list[dict]:
         model, summary = config, table1_summary(full["runs"])
         for task, pairs in paired_differences(summary).items():
             for key, d in pairs.items():
-                res, base = key.split("-")
+                res, base = (summary[task][pe] for pe in key.split("-"))
                 rows.append({"epochs": data["preset_config"]["epochs"], "task": task, "pair": key, **d,
-                             "n_layer": config["n_layer"], "d_model": config["d_model"],
-                             "se": d["std"] / len(d["diff"]) ** 0.5, "id_res": summary[task][res]["id_mean"],
-                             "id_base": summary[task][base]["id_mean"], "ood_res": summary[task][res]["ood_mean"],
-                             "ood_base": summary[task][base]["ood_mean"],
-                             "paper": PAPER_TABLE1[task][res][0] - PAPER_TABLE1[task][base][0]})
-                rows[-1]["separated"] = len(d["diff"]) > 1 and abs(d["mean"]) > 2 * rows[-1]["se"]
+                             "n_layer": config["n_layer"], "d_model": config["d_model"], "se": d.get("se", 0.0),
+                             "id_res": res["id_mean"], "id_base": base["id_mean"], "ood_res": res["ood_mean"],
+                             "ood_base": base["ood_mean"], "separated": "se" in d and abs(d["mean"]) > 2 * d["se"]})
     return sorted(rows, key=lambda r: (r["epochs"], list(TABLE1_TASKS).index(r["task"]), r["pair"]))
 
 
