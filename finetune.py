@@ -1,5 +1,5 @@
-"""Training for the Resonance RoPE reference, and what evaluate.py shares with it (command-line helpers, PosGen
-evaluation, text documents).
+"""Training for the Resonance RoPE reference, and what evaluate.py shares with it (PosGen evaluation, text
+documents).
 
     python finetune.py posgen --task recursive --pe res_yarn --preset quick --seed 5549
     python finetune.py llama --pe res_yarn:2 --seq-len 2048 --train-tokens 65536 --out runs/llama/x
