@@ -113,9 +113,8 @@ class TinyBlock(nn.Module):
 class TinyTransformer(nn.Module):
     """The PosGen model (Sec. 6.1.1): decoder-only, T5-small layers, RoPE-family position encoding.
 
-    ``config.attention``, ``tie_head`` and ``freeze_ffn`` choose between the authors' T5 layers and plain
-    ones (1/√d SDPA, GPT-2 style N(0, 0.02) init, untied head, all weights trained). The cos/sin tables are
-    non-persistent buffers derived from ``config.pe``; ``set_pe`` swaps them (train with RoPE, test with YaRN).
+    ``config`` chooses the authors' T5 layers or plain ones (``TinyConfig``). The cos/sin tables are non-persistent
+    buffers derived from ``config.pe``; ``set_pe`` swaps them (train with RoPE, test with YaRN).
     """
 
     def __init__(self, cfg: TinyConfig):
@@ -162,7 +161,7 @@ class TinyTransformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids at positions 0 … T−1 → logits (B, T, vocab), and the mean cross-entropy over
-        the ``targets`` (B, T) that are not -100 (or None)."""
+        the ``targets`` (B, T) that are not -100, cross_entropy's ignore_index (or None)."""
         T = idx.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"sequence length must be <= max_len = {self.config.max_len}, got {T}")
@@ -172,8 +171,7 @@ class TinyTransformer(nn.Module):
             x = block(x, cos, sin)
         x = self.drop(self.norm(x)) if self.config.attention == "t5" else self.norm(x)  # T5: dropout after norm
         logits = self.head(x * self.config.d_model**-0.5 if self.config.tie_head else x)
-        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                                                                     ignore_index=-100)
+        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 # ======================================== Llama ========================================
@@ -376,12 +374,9 @@ class LlamaBlock(nn.Module):
 class Llama(nn.Module):
     """LLaMA with a swappable PE: ``Llama(config, pe)``; ``forward(input_ids)`` gives logits (B, T, vocab).
 
-    The cos/sin tables are derived from the PE for each forward, as HF's rotary embedding does (``rope_tables``:
+    The cos/sin tables are derived from the PE for each forward (``rope_tables``), as HF's rotary embedding does:
     an exact ``resonance.rope_cos_sin`` table costs little next to the forward; YaRN's mscale is in it, so q and k
-    get it once each). Nothing PE-related is in the state dict. Dynamic NTK: a chunk at positions
-    [start, start + T) gets a table for L_c = start + T (plain RoPE while L_c ≤ L); cached keys keep the rotation
-    they were computed with, as in HF's "dynamic". One forward without a cache (the perplexity evaluation) is
-    exactly the paper's s = L_c/L for the whole sequence.
+    get it once each. Nothing PE-related is in the state dict.
     """
 
     def __init__(self, config: LlamaConfig, pe: PE | None = None):
@@ -417,7 +412,9 @@ class Llama(nn.Module):
 
     def rope_tables(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (T, d_h/2), float32, for positions start … start+T−1: rows [start : start+T] of the PE's table
-        (that slice keeps KV-cache decoding right). Dynamic NTK's table is the one for L_c = start + T."""
+        (that slice keeps KV-cache decoding right). Dynamic NTK's table is the one for L_c = start + T (plain RoPE
+        while L_c ≤ L); cached keys keep the rotation they were computed with, as in HF's "dynamic". One forward
+        without a cache (the perplexity evaluation) is exactly the paper's s = L_c/L for the whole sequence."""
         theta, mscale = self.pe.inv_freq(self.config.head_dim, self.config.rope_theta, self.train_len, start + T)
         cos, sin = resonance.rope_cos_sin(theta, torch.arange(start, start + T), mscale)
         return cos.to(self.embed_tokens.weight.device), sin.to(self.embed_tokens.weight.device)
@@ -456,8 +453,7 @@ class Llama(nn.Module):
                          dim=1)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
-                 ) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
         """Greedy decoding with the KV cache: the prompt in one chunk, then one token at a time. Returns the
         prompt followed by n ≤ ``max_new_tokens`` new tokens (fewer when every row produced ``eos_token_id``)."""
         cache, tokens, nxt = KVCache(), [input_ids], input_ids

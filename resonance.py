@@ -103,8 +103,7 @@ def ntk_inv_freq(dim: int, base: float, factor: float) -> torch.Tensor:
     return rope_inv_freq(dim, base * factor ** (dim / (dim - 2)))
 
 
-def dynamic_ntk_inv_freq(dim: int, base: float, train_len: int, seq_len: int,
-                         factor: float = 1.0) -> torch.Tensor:
+def dynamic_ntk_inv_freq(dim: int, base: float, train_len: int, seq_len: int, factor: float = 1.0) -> torch.Tensor:
     """Dynamic NTK-aware scaling (App. C.2; HF ``rope_type="dynamic"``): NTK-aware scaling whose factor follows
     the current length L_c = max(seq_len, L), s' = s·L_c/L − (s − 1). With the default s = 1 that is
     s' = L_c/L, the paper's description; below L it is plain RoPE.
