@@ -449,8 +449,7 @@ class Llama(nn.Module):
 
         if self.gradient_checkpointing and self.training:
             nll = functools.partial(torch.utils.checkpoint.checkpoint, nll, use_reentrant=False)
-        return torch.cat([nll(h[:, i:i + chunk], target[:, i:i + chunk]) for i in range(0, target.shape[1], chunk)],
-                         dim=1)
+        return torch.cat([nll(h[:, i:i + chunk], target[:, i:i + chunk]) for i in range(0, target.shape[1], chunk)], 1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:

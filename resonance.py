@@ -497,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     lam0, lam, lam_r = wavelengths(theta0), wavelengths(theta), wavelengths(theta_r)
     c, c0 = critical_dim(theta, a.train_len), critical_dim(theta0, a.train_len)
     print(f"# pe={pe} d={a.dim} b={a.base:g} L={a.train_len} L'={a.test_len}")
-    print(f"{'j':>3} {'dims':>9} {'λ_j (RoPE)':>13} {'λ_j scaled':>13} {'λ̃_j':>9} {'':>5} "
-          f"{'gap':>9} {'gap Res.':>9}")
+    print(f"{'j':>3} {'dims':>9} {'λ_j (RoPE)':>13} {'λ_j scaled':>13} {'λ̃_j':>9} {'':>5} {'gap':>9} {'gap Res.':>9}")
     for j in range(theta.numel()):
         kind = "pre" if lam[j] < a.train_len else "post"
         print(f"{j:>3} {f'{2 * j}-{2 * j + 1}':>9} {lam0[j].item():>13.2f} {lam[j].item():>13.2f} "
