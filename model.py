@@ -113,9 +113,8 @@ class TinyBlock(nn.Module):
 class TinyTransformer(nn.Module):
     """The PosGen model (Sec. 6.1.1): decoder-only, T5-small layers, RoPE-family position encoding.
 
-    ``config.attention``, ``tie_head`` and ``freeze_ffn`` choose between the authors' T5 layers and plain
-    ones (1/√d SDPA, GPT-2 style N(0, 0.02) init, untied head, all weights trained). The cos/sin tables are
-    non-persistent buffers derived from ``config.pe``; ``set_pe`` swaps them (train with RoPE, test with YaRN).
+    ``config`` chooses the authors' T5 layers or plain ones (``TinyConfig``). The cos/sin tables are non-persistent
+    buffers derived from ``config.pe``; ``set_pe`` swaps them (train with RoPE, test with YaRN).
     """
 
     def __init__(self, cfg: TinyConfig):
@@ -162,7 +161,7 @@ class TinyTransformer(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids at positions 0 … T−1 → logits (B, T, vocab), and the mean cross-entropy over
-        the ``targets`` (B, T) that are not -100 (or None)."""
+        the ``targets`` (B, T) that are not -100, cross_entropy's ignore_index (or None)."""
         T = idx.shape[1]
         if T > self.config.max_len:
             raise ValueError(f"sequence length must be <= max_len = {self.config.max_len}, got {T}")
@@ -172,9 +171,7 @@ class TinyTransformer(nn.Module):
             x = block(x, cos, sin)
         x = self.drop(self.norm(x)) if self.config.attention == "t5" else self.norm(x)  # T5: dropout after norm
         logits = self.head(x * self.config.d_model**-0.5 if self.config.tie_head else x)
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+        return logits, None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
 
 # ======================================== Llama ========================================
@@ -332,10 +329,8 @@ class LlamaAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
                 layer: int = 0) -> torch.Tensor:
-        B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.d_h).transpose(1, 2)  # (B, nh, T, d_h)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.d_h).transpose(1, 2)  # (B, n_kv, T, d_h)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.d_h).transpose(1, 2)
+        B, T, _ = x.shape  # q (B, nh, T, d_h); k and v (B, n_kv, T, d_h)
+        q, k, v = (proj(x).view(B, T, -1, self.d_h).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
         q, k = resonance.apply_rope(q, cos, sin), resonance.apply_rope(k, cos, sin)
         start, mask = (0 if cache is None else cache.pos), None
         if cache is not None:
@@ -379,12 +374,9 @@ class LlamaBlock(nn.Module):
 class Llama(nn.Module):
     """LLaMA with a swappable PE: ``Llama(config, pe)``; ``forward(input_ids)`` gives logits (B, T, vocab).
 
-    The cos/sin tables are derived from the PE for each forward, as HF's rotary embedding does (``rope_tables``:
+    The cos/sin tables are derived from the PE for each forward (``rope_tables``), as HF's rotary embedding does:
     an exact ``resonance.rope_cos_sin`` table costs little next to the forward; YaRN's mscale is in it, so q and k
-    get it once each). Nothing PE-related is in the state dict. Dynamic NTK: a chunk at positions
-    [start, start + T) gets a table for L_c = start + T (plain RoPE while L_c ≤ L); cached keys keep the rotation
-    they were computed with, as in HF's "dynamic". One forward without a cache (the perplexity evaluation) is
-    exactly the paper's s = L_c/L for the whole sequence.
+    get it once each. Nothing PE-related is in the state dict.
     """
 
     def __init__(self, config: LlamaConfig, pe: PE | None = None):
@@ -420,7 +412,9 @@ class Llama(nn.Module):
 
     def rope_tables(self, start: int, T: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin (T, d_h/2), float32, for positions start … start+T−1: rows [start : start+T] of the PE's table
-        (that slice keeps KV-cache decoding right). Dynamic NTK's table is the one for L_c = start + T."""
+        (that slice keeps KV-cache decoding right). Dynamic NTK's table is the one for L_c = start + T (plain RoPE
+        while L_c ≤ L); cached keys keep the rotation they were computed with, as in HF's "dynamic". One forward
+        without a cache (the perplexity evaluation) is exactly the paper's s = L_c/L for the whole sequence."""
         theta, mscale = self.pe.inv_freq(self.config.head_dim, self.config.rope_theta, self.train_len, start + T)
         cos, sin = resonance.rope_cos_sin(theta, torch.arange(start, start + T), mscale)
         return cos.to(self.embed_tokens.weight.device), sin.to(self.embed_tokens.weight.device)
@@ -455,12 +449,10 @@ class Llama(nn.Module):
 
         if self.gradient_checkpointing and self.training:
             nll = functools.partial(torch.utils.checkpoint.checkpoint, nll, use_reentrant=False)
-        return torch.cat([nll(h[:, i:i + chunk], target[:, i:i + chunk]) for i in range(0, target.shape[1], chunk)],
-                         dim=1)
+        return torch.cat([nll(h[:, i:i + chunk], target[:, i:i + chunk]) for i in range(0, target.shape[1], chunk)], 1)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None
-                 ) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
         """Greedy decoding with the KV cache: the prompt in one chunk, then one token at a time. Returns the
         prompt followed by n ≤ ``max_new_tokens`` new tokens (fewer when every row produced ``eos_token_id``)."""
         cache, tokens, nxt = KVCache(), [input_ids], input_ids
@@ -551,11 +543,15 @@ def _hf_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{folder} has no model.safetensors, pytorch_model.bin or their index files")
 
 
-def _unpermute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Undo llama.cpp's converter: it reorders each head's rows from HF's rotate-half pairing (j, j + d_h/2)
-    to the interleaved pairing (2j, 2j+1) of its RoPE; this puts them back, so GGUF and HF share one layout."""
-    out, d_in = w.shape
-    return w.reshape(n_head, out // n_head // 2, 2, d_in).transpose(1, 2).reshape(out, d_in)
+def _permute_qk(w: torch.Tensor, name: str, config: LlamaConfig, to_gguf: bool) -> torch.Tensor:
+    """llama.cpp's converter reorders each head's Q and K rows from HF's rotate-half pairing (j, j + d_h/2) to the
+    interleaved pairing (2j, 2j+1) of its RoPE: this does that (``to_gguf``) or undoes it, so GGUF and HF share one
+    layout. ``name`` is the GGUF one; tensors other than attn_q and attn_k come back as they are."""
+    if name not in ("attn_q", "attn_k"):
+        return w
+    (out, d_in), n_head = w.shape, config.num_attention_heads if name == "attn_q" else config.num_key_value_heads
+    pairs = (n_head, 2, out // n_head // 2, d_in) if to_gguf else (n_head, out // n_head // 2, 2, d_in)
+    return w.reshape(pairs).transpose(1, 2).reshape(out, d_in)
 
 
 _GGUF_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head", "attn_norm":
@@ -583,8 +579,7 @@ def _gguf_reader(path: str):
 
 def _gguf_config(reader, field, source: str) -> LlamaConfig:
     if field("general.architecture") != "llama":
-        raise ValueError(f"{source}: GGUF architecture must be 'llama', got "
-                         f"{field('general.architecture')!r}")
+        raise ValueError(f"{source}: GGUF architecture must be 'llama', got {field('general.architecture')!r}")
     heads, hidden = int(field("llama.attention.head_count")), int(field("llama.embedding_length"))
     head_dim = int(field("llama.attention.key_length", hidden // heads))
     if int(field("llama.rope.dimension_count", head_dim)) != head_dim:
@@ -637,8 +632,7 @@ def _gguf_tensors(reader, config: LlamaConfig, source: str) -> dict[str, torch.T
             raise ValueError(f"{source}: tensor {t.name!r} holds {values.size} values, its shape {shape} needs "
                              f"{math.prod(shape)}")
         w = torch.from_numpy(values.reshape(shape).copy()).float()  # a copy: the file is mapped read-only
-        if m.group(2) in ("attn_q", "attn_k"):
-            w = _unpermute_qk(w, config.num_attention_heads if m.group(2) == "attn_q" else config.num_key_value_heads)
+        w = _permute_qk(w, m.group(2), config, to_gguf=False)
         out[("" if m.group(1) is None else f"layers.{m.group(1)}.") + _GGUF_NAMES[m.group(2)] + ".weight"] = w
     return out
 
@@ -765,13 +759,6 @@ def save_llama(model: Llama, out_dir: str | os.PathLike, tokenizer=None) -> None
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _permute_qk(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """HF's rotate-half row order → llama.cpp's interleaved one (what its converter does; ``_unpermute_qk``'s
-    inverse)."""
-    out, d_in = w.shape
-    return w.reshape(n_head, 2, out // n_head // 2, d_in).transpose(1, 2).reshape(out, d_in)
-
-
 def _gguf_vocab(tokenizer, n_vocab: int) -> dict:
     """A byte-level BPE ``tokenizers.Tokenizer`` as GGUF tokenizer metadata: tokens in id order (padded to the
     model's vocabulary with unused "[PAD<i>]" as llama.cpp's converter does), types (3 = control for special
@@ -812,10 +799,7 @@ def _gguf_arrays(model: Llama, dtype: str) -> dict:
         if key == "lm_head.weight" and c.tie_word_embeddings:
             continue
         layer, name = re.fullmatch(r"(?:layers\.(\d+)\.)?(.+)\.weight", key).groups()
-        t = t.detach().float().cpu()
-        if names[name] in ("attn_q", "attn_k"):
-            t = _permute_qk(t, c.num_attention_heads if names[name] == "attn_q" else c.num_key_value_heads)
-        a, qtype = t.numpy(), None
+        a, qtype = _permute_qk(t.detach().float().cpu(), names[name], c, to_gguf=True).numpy(), None
         if a.ndim == 2 and dtype == "q8_0" and a.shape[1] % 32 == 0:
             a, qtype = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
         elif a.ndim == 2 and dtype != "f32":
@@ -838,20 +822,15 @@ def save_gguf(model: Llama, path: str | os.PathLike, tokenizer=None, dtype: str 
         raise ValueError(f"pe {pe}: llama.cpp has no length-dependent RoPE; it cannot be exported to GGUF")
     theta, mscale = pe.inv_freq(c.head_dim, c.rope_theta, model.train_len)
     w = gguf.GGUFWriter(None, "llama")
-    w.add_context_length(model.context_len)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(c.head_dim)
-    w.add_value_length(c.head_dim)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(c.rope_theta)
-    w.add_vocab_size(c.vocab_size)
-    w.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    for add, value in ((w.add_context_length, model.context_len), (w.add_embedding_length, c.hidden_size),
+                       (w.add_block_count, c.num_hidden_layers), (w.add_feed_forward_length, c.intermediate_size),
+                       (w.add_head_count, c.num_attention_heads), (w.add_head_count_kv, c.num_key_value_heads),
+                       (w.add_key_length, c.head_dim), (w.add_value_length, c.head_dim),
+                       (w.add_rope_dimension_count, c.head_dim), (w.add_layer_norm_rms_eps, c.rms_norm_eps),
+                       (w.add_rope_freq_base, c.rope_theta), (w.add_vocab_size, c.vocab_size),
+                       (w.add_file_type, {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])):
+        add(value)
     if pe.method != "rope" or pe.resonance:
         w.add_rope_scaling_type(gguf.RopeScalingType.NONE)
         w.add_rope_scaling_orig_ctx_len(model.train_len)

@@ -35,37 +35,26 @@ RULES = {
 def _check_params(task: str, j: int, k: int, modulus: int) -> None:
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if j < 1:
-        raise ValueError(f"j must be >= 1, got {j}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if not 2 <= modulus <= 2**63 // (j + k):
-        # The upper bound keeps a sum of j+k tokens inside int64.
+    for name, value in (("j", j), ("k", k)):
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if not 2 <= modulus <= 2**63 // (j + k):  # the upper bound keeps a sum of j+k tokens inside int64
         raise ValueError(f"modulus must be in [2, 2**63 // (j+k) = {2**63 // (j + k)}], got {modulus}")
 
 
-def _positions(task: str, l: int, j: int, k: int) -> list[int]:
-    """The j+k positions x_l reads, in the order they are passed to h (ascending, all distinct, all < l).
-
-    Semi-recursive: with m = l-(j+k) ≥ 0 the far block ends at p+j-1 = ⌊m/2⌋+j-1 < m+j = l-k, so it never
-    overlaps the k local tokens; CoT's first j tokens end at j-1 < l-k for the same reason (l ≥ j+k).
-    """
-    if task == "recursive":
-        return list(range(l - (j + k), l))
-    far = 0 if task == "cot" else (l - (j + k)) // 2
-    return list(range(far, far + j)) + list(range(l - k, l))
-
-
 def dependencies(task: str, l: int, j: int = 1, k: int = 3) -> tuple[int, ...]:
-    """Positions of the tokens that x_l depends on (Section 5, Figure 2), for l ≥ j+k.
+    """Positions of the tokens that x_l depends on (Section 5, Figure 2; ``RULES``), for l ≥ j+k, in the order they
+    are passed to h: always exactly j+k distinct positions, ascending and < l, so difficulty does not grow with l.
 
-    Recursive: l-(j+k) … l-1.  CoT: 0 … j-1 and l-k … l-1.  Semi-recursive: p … p+j-1 and l-k … l-1 with
-    p = ⌊(l-(j+k))/2⌋. Always exactly j+k distinct positions, so difficulty does not grow with l.
+    Semi-recursive's far block p … p+j-1, p = ⌊m/2⌋ with m = l-(j+k) ≥ 0, ends at ⌊m/2⌋+j-1 < m+j = l-k, so it
+    never overlaps the k local tokens l-k … l-1; CoT's first j tokens end at j-1 < l-k for the same reason.
     """
     _check_params(task, j, k, 2)
     if l < j + k:
         raise ValueError(f"l must be >= j+k = {j + k}, got {l}")
-    return tuple(_positions(task, l, j, k))
+    m = l - (j + k)
+    far = {"recursive": m, "cot": 0, "semirecursive": m // 2}[task]
+    return (*range(far, far + j), *range(l - k, l))
 
 
 def shortcut_position(task: str, l: int, j: int = 1, k: int = 3) -> int | None:
@@ -136,7 +125,7 @@ def generate(task: str, prefix: np.ndarray, length: int, j: int = 1, k: int = 3,
     x = np.empty((length, n), dtype=np.int64)
     x[:w] = prefix.T
     for l in range(w, length):
-        out = np.asarray(h(x[_positions(task, l, j, k)].T))
+        out = np.asarray(h(x[list(dependencies(task, l, j, k))].T))
         if out.shape != (n,) or (n and out.dtype.kind not in "iu"):
             raise ValueError(f"h must return ({n},) integers, got shape {out.shape} dtype {out.dtype}")
         x[l] = out
@@ -202,14 +191,11 @@ def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int 
                          f"prefixes, got {count}")
     else:
         prefixes = _sample_prefixes(np.random.default_rng(seed), count, j + k, modulus)
-    # One pass to the longer length: the rule is causal, so a training sequence is the start of its own
-    # longer continuation.
+    # One pass to the longer length: the rule is causal, so a training sequence starts its longer continuation.
     seqs = generate(task, prefixes, max(train_len, test_len), j, k, modulus)
-    return {
-        "train": np.ascontiguousarray(seqs[:n_train, :train_len]),
-        "val": np.ascontiguousarray(seqs[n_train:n_train + n_val, :test_len]),
-        "test": np.ascontiguousarray(seqs[n_train + n_val:, :test_len]),
-    }
+    return {"train": np.ascontiguousarray(seqs[:n_train, :train_len]),
+            "val": np.ascontiguousarray(seqs[n_train:n_train + n_val, :test_len]),
+            "test": np.ascontiguousarray(seqs[n_train + n_val:, :test_len])}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -246,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                            seed=args.seed)["train"]
         l = args.length - 1 if args.position is None else args.position
         if not args.j + args.k <= l < args.length:
-            raise ValueError(f"--position must be in [j+k, length) = [{args.j + args.k}, {args.length}), "
-                             f"got {l}")
+            raise ValueError(f"--position must be in [j+k, length) = [{args.j + args.k}, {args.length}), got {l}")
         deps = dependencies(args.task, l, args.j, args.k)
     except ValueError as e:
         print(f"posgen.py: error: {e}", file=sys.stderr)

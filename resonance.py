@@ -69,8 +69,7 @@ def resonance(inv_freq: torch.Tensor) -> torch.Tensor:
     to 0 (an infinite frequency); we clamp λ̃ to at least 1 (a feature that is constant over integer positions).
     θ may be any RoPE or scaled-RoPE frequencies; θ̃ is float64 of the same shape.
     """
-    lam_tilde = torch.round(wavelengths(inv_freq)).clamp_min(1.0)
-    return 2 * math.pi / lam_tilde
+    return 2 * math.pi / integer_wavelengths(inv_freq)[0]
 
 
 def integer_wavelengths(inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,8 +103,7 @@ def ntk_inv_freq(dim: int, base: float, factor: float) -> torch.Tensor:
     return rope_inv_freq(dim, base * factor ** (dim / (dim - 2)))
 
 
-def dynamic_ntk_inv_freq(dim: int, base: float, train_len: int, seq_len: int,
-                         factor: float = 1.0) -> torch.Tensor:
+def dynamic_ntk_inv_freq(dim: int, base: float, train_len: int, seq_len: int, factor: float = 1.0) -> torch.Tensor:
     """Dynamic NTK-aware scaling (App. C.2; HF ``rope_type="dynamic"``): NTK-aware scaling whose factor follows
     the current length L_c = max(seq_len, L), s' = s·L_c/L − (s − 1). With the default s = 1 that is
     s' = L_c/L, the paper's description; below L it is plain RoPE.
@@ -270,20 +268,14 @@ class PE:
         if L is None:
             raise ValueError(f"pe {self}: original_len is not set and no train_len was given")
         s = self.factor
-        if self.method == "rope":
-            theta = rope_inv_freq(dim, base)
-        elif self.method == "linear":
-            theta = linear_inv_freq(rope_inv_freq(dim, base), s)
-        elif self.method == "ntk":
-            theta = ntk_inv_freq(dim, base, s)
-        elif self.method == "dynamic_ntk":
-            theta = dynamic_ntk_inv_freq(dim, base, L, seq_len or L, s)
-        elif self.method == "llama3":
-            theta = llama3_inv_freq(dim, base, L, s, self.alpha, self.beta)
-        elif self.method == "longrope":
-            theta = longrope_inv_freq(dim, base, self.long_factor if (seq_len or L) > L else self.short_factor)
-        else:
-            theta = yarn_inv_freq(dim, base, L, s, self.alpha, self.beta, self.ramp)
+        theta = {"rope": lambda: rope_inv_freq(dim, base),
+                 "linear": lambda: linear_inv_freq(rope_inv_freq(dim, base), s),
+                 "ntk": lambda: ntk_inv_freq(dim, base, s),
+                 "dynamic_ntk": lambda: dynamic_ntk_inv_freq(dim, base, L, seq_len or L, s),
+                 "yarn": lambda: yarn_inv_freq(dim, base, L, s, self.alpha, self.beta, self.ramp),
+                 "llama3": lambda: llama3_inv_freq(dim, base, L, s, self.alpha, self.beta),
+                 "longrope": lambda: longrope_inv_freq(dim, base, self.long_factor if (seq_len or L) > L
+                                                       else self.short_factor)}[self.method]()
         theta = resonance(theta) if self.resonance else theta
         if self.method == "longrope":
             return theta, self.attention_factor or (math.sqrt(1 + math.log(s) / math.log(L)) if s > 1 else 1.0)
@@ -496,19 +488,16 @@ def main(argv: list[str] | None = None) -> int:
         if need > ram:  # refuse, rather than fail to allocate
             raise ValueError(f"--test-len {a.test_len}: the feature gap needs about {need / 2**30:.3g} GiB, "
                              f"more than this machine's {ram / 2**30:.3g} GiB")
-        theta0 = rope_inv_freq(a.dim, a.base)
-        theta, _ = pe.inv_freq(a.dim, a.base, a.train_len, seq_len=a.test_len)
-        gap = feature_gap(theta, a.train_len, a.test_len)
+        theta0, (theta, _) = rope_inv_freq(a.dim, a.base), pe.inv_freq(a.dim, a.base, a.train_len, a.test_len)
         theta_r = resonance(theta)
-        gap_r = feature_gap(theta_r, a.train_len, a.test_len)
+        gap, gap_r = feature_gap(theta, a.train_len, a.test_len), feature_gap(theta_r, a.train_len, a.test_len)
     except ValueError as e:
         print(f"resonance.py: error: {e}", file=sys.stderr)
         return 2
     lam0, lam, lam_r = wavelengths(theta0), wavelengths(theta), wavelengths(theta_r)
     c, c0 = critical_dim(theta, a.train_len), critical_dim(theta0, a.train_len)
     print(f"# pe={pe} d={a.dim} b={a.base:g} L={a.train_len} L'={a.test_len}")
-    print(f"{'j':>3} {'dims':>9} {'λ_j (RoPE)':>13} {'λ_j scaled':>13} {'λ̃_j':>9} {'':>5} "
-          f"{'gap':>9} {'gap Res.':>9}")
+    print(f"{'j':>3} {'dims':>9} {'λ_j (RoPE)':>13} {'λ_j scaled':>13} {'λ̃_j':>9} {'':>5} {'gap':>9} {'gap Res.':>9}")
     for j in range(theta.numel()):
         kind = "pre" if lam[j] < a.train_len else "post"
         print(f"{j:>3} {f'{2 * j}-{2 * j + 1}':>9} {lam0[j].item():>13.2f} {lam[j].item():>13.2f} "
