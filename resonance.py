@@ -69,7 +69,8 @@ def resonance(inv_freq: torch.Tensor) -> torch.Tensor:
     to 0 (an infinite frequency); we clamp λ̃ to at least 1 (a feature that is constant over integer positions).
     θ may be any RoPE or scaled-RoPE frequencies; θ̃ is float64 of the same shape.
     """
-    return 2 * math.pi / integer_wavelengths(inv_freq)[0]
+    lam_tilde = torch.round(wavelengths(inv_freq)).clamp_min(1.0)
+    return 2 * math.pi / lam_tilde
 
 
 def integer_wavelengths(inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
