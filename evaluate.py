@@ -258,10 +258,10 @@ def closing_sentences(summary: dict, paired: dict, n_seeds: int, at_paper_size: 
             "sizes nor the signs are a verdict on the paper."))
     else:
         sep = [n for n, d in pairs if abs(d["mean"]) > 2 * d["std"] / len(d["diff"]) ** 0.5]
-        out.append((f"More than 2 standard errors (std/√n) from 0: {', '.join(sep)}; the others are within seed noise."
-                    if sep else "No difference is more than 2 standard errors (std/√n) from 0: all are within seed "
-                    "noise.") + ("" if at_paper_size else " The levels are not the paper's (smaller model, shorter "
-                                                     "training)."))
+        rest = "; the others are within seed noise." if len(sep) < len(pairs) else "."
+        out.append((f"More than 2 standard errors (std/√n) from 0: {', '.join(sep)}{rest}" if sep else
+                    "No difference is more than 2 standard errors (std/√n) from 0: all are within seed noise.")
+                   + ("" if at_paper_size else " The levels are not the paper's (smaller model, shorter training)."))
     unlearned = [f"{TABLE1_TASKS[t]} {TABLE1_PES[p]}" for t, cells in summary.items() for p, c in cells.items()
                  if not c["comparable"]]
     if unlearned:
