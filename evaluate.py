@@ -1,6 +1,7 @@
 """Evaluation entry points for the Resonance RoPE reference, in the paper's order.
 
     python evaluate.py fig1                    # Figure 1: m·θ_6 of RoPE vs. Resonance RoPE
+    python evaluate.py fig2 --task cot         # Figure 2 as text: PosGen sequences and one token's dependencies
     python evaluate.py table1 --preset quick --jobs 2   # Table 1, Figure 3, accuracy by position: 6 layers, ~10 min
     python evaluate.py table1 --preset quick --seeds 5549 4955 42 --jobs 2   # … with paired statistics over seeds
     python evaluate.py ablation --preset cot   # Table 1 with each harness item switched off in turn, 3 seeds
@@ -40,7 +41,7 @@ import resonance
 from resonance import PE, Distinct, Parser, default_device, device, number, path_for, pe_spelling, run_main
 
 # ----------------------------------------------------------------------------------------------------------
-# Figure 1 (Sec. 3-4): RoPE's and Resonance RoPE's rotation angles.
+# Figure 1 (Sec. 3-4): RoPE's and Resonance RoPE's rotation angles; Figure 2 (Sec. 5): PosGen's dependencies.
 
 
 def cmd_fig1(args: argparse.Namespace) -> int:
@@ -65,6 +66,33 @@ def cmd_fig1(args: argparse.Namespace) -> int:
     fig.suptitle(f"Figure 1: d = {dim}, b = {base:g}, L = {L}, L' = {L2}", fontsize=10)
     _save(fig, args.out)
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_fig2(args: argparse.Namespace) -> int:
+    """Figure 2 as text (Sec. 5): a few sequences of one PosGen task, and the j+k earlier positions that token x_l
+    depends on (``posgen.dependencies``), with the sum that generated it."""
+    j, k, m, n = args.j, args.k, args.modulus, args.length
+    if not 1 <= args.show <= m ** (j + k):
+        raise ValueError(f"--show must be in [1, modulus^(j+k) = {m ** (j + k)}], got {args.show}")
+    if n <= j + k:
+        raise ValueError(f"--length must be > j+k = {j + k}, got {n}")
+    l = n - 1 if args.position is None else args.position
+    if not j + k <= l < n:
+        raise ValueError(f"--position must be in [j+k, length) = [{j + k}, {n}), got {l}")
+    seqs = posgen.make_splits(args.task, args.show, 0, 0, n, n, j, k, m, seed=args.seed)["train"]
+    deps, width = posgen.dependencies(args.task, l, j, k), len(str(max(n, m) - 1)) + 2
+
+    def cells(row) -> str:
+        return "".join(f"{v:>{width}}" for v in row)
+
+    print(f"{args.task}: {posgen.RULES[args.task]}\nh = sum mod {m}, j = {j}, k = {k}")
+    print(f"{'position':<10}{cells(range(n))}")
+    for i, row in enumerate(seqs):
+        print(f"{f'seq {i}':<10}{cells(row)}")
+    print(f"{f'x_{l}':<10}{cells(['d' if q in deps else ('^' if q == l else '') for q in range(n)])}".rstrip())
+    terms, values = (" + ".join(f(q) for q in deps) for f in (lambda q: f"x_{q}", lambda q: str(seqs[0, q])))
+    print(f"x_{l} = ({terms}) mod {m} = ({values}) mod {m} = {seqs[0, l]}   (seq 0; d = depends on, ^ = generated)")
     return 0
 
 
@@ -1200,7 +1228,7 @@ def _add_llama_args(p: argparse.ArgumentParser, pes: tuple[str, ...], lengths: l
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    _add_posgen_commands(sub)  # in the paper's order: fig1, table1, ablation, budget, perplexity, passkey, fig4
+    _add_posgen_commands(sub)  # in the paper's order: fig1, fig2, table1, ablation, budget, perplexity, passkey, fig4
     _add_llama_commands(sub)
     p = sub.add_parser("speed", help="measure every performance target as a ratio to a same-run baseline")
     p.add_argument("--only", nargs="+", metavar="NAME", choices=SPEED_BENCHES, help="benchmarks to run")
@@ -1213,6 +1241,16 @@ def _add_posgen_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fig1", help="Figure 1: rotation angles of RoPE vs. Resonance RoPE (L=64, L'=128)")
     p.add_argument("--out", default="runs/fig1.png", type=path_for("file"), help="PNG path (default %(default)s)")
     p.set_defaults(func=cmd_fig1)
+    p = sub.add_parser("fig2", help="Figure 2 as text: PosGen sequences and the positions one token depends on")
+    p.add_argument("--task", choices=posgen.TASKS, default="recursive", help="the rule (default %(default)s)")
+    p.add_argument("--show", type=number(int, 1), default=3, help="sequences to print (default %(default)s)")
+    p.add_argument("--length", type=number(int, 2), default=16, help="tokens per sequence (default %(default)s)")
+    p.add_argument("--position", type=number(int, 0), help="the l whose dependencies are marked (default: last)")
+    p.add_argument("-j", "--j", type=number(int, 1), default=1, help="far tokens (default %(default)s)")
+    p.add_argument("-k", "--k", type=number(int, 1), default=3, help="local tokens (default %(default)s)")
+    p.add_argument("--modulus", type=number(int, 2), default=17, help="h = sum mod modulus (default %(default)s)")
+    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random prefixes (default %(default)s)")
+    p.set_defaults(func=cmd_fig2)
     seeds, jobs = number(int, 0, 2**32 - 1), number(int, 1, 64)
     p = sub.add_parser("table1", help="train/test every (task, PE, seed) of a preset: Table 1 and Figure 3")
     p.add_argument("--seeds", type=seeds, nargs="+", action=Distinct, help="override the preset's seeds")

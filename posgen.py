@@ -6,8 +6,8 @@ recognise the new positions, not because the rule got harder. Paper setting (Sec
 h = modular addition mod 17, j = 1, k = 3, 10,000 training sequences of length 64, 1,000 validation and
 1,000 test sequences of length 256, no first-(j+k)-token prefix shared between them.
 
-    python posgen.py --task semirecursive --show 3
-    python posgen.py --task cot --length 24 --position 20 --modulus 7
+    python evaluate.py fig2 --task semirecursive --show 3      # Figure 2 as text: sequences and dependencies
+    python evaluate.py fig2 --task cot --length 24 --position 20 --modulus 7
 
 numpy only; generation is vectorised over sequences and loops only over positions l (each token needs the
 previous ones).
@@ -15,10 +15,8 @@ previous ones).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
-import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -196,66 +194,3 @@ def make_splits(task: str, n_train: int = 10000, n_val: int = 1000, n_test: int 
     return {"train": np.ascontiguousarray(seqs[:n_train, :train_len]),
             "val": np.ascontiguousarray(seqs[n_train:n_train + n_val, :test_len]),
             "test": np.ascontiguousarray(seqs[n_train + n_val:, :test_len])}
-
-
-# ----------------------------------------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from resonance import Parser, number  # the scripts' one argument layer (torch); the generators stay numpy only
-
-    p = Parser(prog="posgen.py", description="Print PosGen sequences and one token's dependencies "
-                                             "(a text version of the paper's Figure 2).")
-    p.add_argument("--task", choices=TASKS, default="recursive", help="the rule (default %(default)s)")
-    p.add_argument("--show", type=number(int, 1), default=3, help="number of sequences to print (default %(default)s)")
-    p.add_argument("--length", type=number(int, 2), default=16, help="tokens per sequence (default %(default)s)")
-    p.add_argument("--position", type=number(int, 0), help="the l whose dependencies are marked (default: last)")
-    p.add_argument("-j", "--j", type=number(int, 1), default=1, help="far tokens (default %(default)s)")
-    p.add_argument("-k", "--k", type=number(int, 1), default=3, help="local tokens (default %(default)s)")
-    p.add_argument("--modulus", type=number(int, 2), default=17, help="h = sum mod modulus; vocabulary 0 … "
-                   "modulus-1 (default %(default)s)")
-    p.add_argument("--seed", type=number(int, 0), default=0, help="seed of the random prefixes (default %(default)s)")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        _check_params(args.task, args.j, args.k, args.modulus)
-        if not 1 <= args.show <= args.modulus ** (args.j + args.k):
-            raise ValueError(f"--show must be in [1, modulus^(j+k) = {args.modulus ** (args.j + args.k)}], "
-                             f"got {args.show}")
-        if args.length <= args.j + args.k:
-            raise ValueError(f"--length must be > j+k = {args.j + args.k}, got {args.length}")
-        seqs = make_splits(args.task, n_train=args.show, n_val=0, n_test=0, train_len=args.length,
-                           test_len=args.length, j=args.j, k=args.k, modulus=args.modulus,
-                           seed=args.seed)["train"]
-        l = args.length - 1 if args.position is None else args.position
-        if not args.j + args.k <= l < args.length:
-            raise ValueError(f"--position must be in [j+k, length) = [{args.j + args.k}, {args.length}), got {l}")
-        deps = dependencies(args.task, l, args.j, args.k)
-    except ValueError as e:
-        print(f"posgen.py: error: {e}", file=sys.stderr)
-        return 2
-
-    width = len(str(max(args.length, args.modulus) - 1)) + 2
-
-    def cells(row) -> str:
-        return "".join(f"{v:>{width}}" for v in row)
-
-    print(f"{args.task}: {RULES[args.task]}")
-    print(f"h = sum mod {args.modulus}, j = {args.j}, k = {args.k}")
-    print(f"{'position':<10}{cells(range(args.length))}")
-    for i, row in enumerate(seqs):
-        print(f"{f'seq {i}':<10}{cells(row)}")
-    marks = ["d" if q in deps else ("^" if q == l else "") for q in range(args.length)]
-    print(f"{f'x_{l}':<10}{cells(marks)}".rstrip())
-    terms = " + ".join(f"x_{q}" for q in deps)
-    values = " + ".join(str(seqs[0, q]) for q in deps)
-    print(f"x_{l} = ({terms}) mod {args.modulus} = ({values}) mod {args.modulus} = {seqs[0, l]}   (seq 0; "
-          f"d = depends on, ^ = generated)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

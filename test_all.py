@@ -322,7 +322,7 @@ def test_posgen_splits_huge_prefix_space():
     assert len({tuple(r) for r in rows.tolist()}) == 400 and rows.min() >= 0 and rows.max() < 17
     np.testing.assert_array_equal(s["val"], _posgen_loop("semirecursive", s["val"][:, :16], 40, 8, 8, 17))
 def test_posgen_cli_shows_figure2_dependencies(capsys):
-    assert posgen.main(["--task", "semirecursive", "--show", "3"]) == 0
+    assert evaluate.main(["fig2", "--task", "semirecursive", "--show", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("seq ") for line in lines) == 3 and "x_15 = (x_5 + x_12 + x_13 + x_14) mod 17" in lines[
         -1] and lines[-2].startswith("x_15")
@@ -1438,13 +1438,13 @@ resonance.py --test-len 10000000000000 => more than this machine's
 resonance.py --dim 7 => dim must be a positive even integer, got 7
 resonance.py --pe alibi => pe must be [res_]METHOD[:FACTOR]
 resonance.py --test-len 10 => test_len must be > train_len = 4096, got 10
-posgen.py --length 1000000000000 => more than this machine's
-posgen.py --task nope => invalid choice: 'nope'
-posgen.py -j 0 => argument -j/--j: must be in [1, inf], got 0
-posgen.py --show x => argument --show: expected int, got 'x'
-posgen.py --position 2 => --position must be in [j+k, length)
-posgen.py --length 4 => --length must be > j+k = 4, got 4
-posgen.py --modulus 2 -j 1 -k 1 --show 5 => --show must be in [1, modulus^(j+k) = 4], got 5
+evaluate.py fig2 --length 1000000000000 => more than this machine's
+evaluate.py fig2 --task nope => invalid choice: 'nope'
+evaluate.py fig2 -j 0 => argument -j/--j: must be in [1, inf], got 0
+evaluate.py fig2 --show x => argument --show: expected int, got 'x'
+evaluate.py fig2 --position 2 => --position must be in [j+k, length)
+evaluate.py fig2 --length 4 => --length must be > j+k = 4, got 4
+evaluate.py fig2 --modulus 2 -j 1 -k 1 --show 5 => --show must be in [1, modulus^(j+k) = 4], got 5
 finetune.py posgen --task fibonacci --pe rope => invalid choice: 'fibonacci'
 finetune.py posgen --task cot --pe rope --preset huge => invalid choice: 'huge'
 finetune.py posgen --task cot --pe rope --device foo => unknown device 'foo'
