@@ -1606,10 +1606,9 @@ def test_every_option_has_help_that_shows_its_default(capsys):
             assert len(text) > 10 and not text.startswith("default"), (command, a.option_strings)  # says what it does
             if a.default not in (None, False):
                 assert "%(default)" in a.help or "default" in text, (command, a.option_strings)
-    for script, shown in ((resonance, "head dimension d (default 128)"), (posgen, "tokens per sequence (default 16)")):
-        with pytest.raises(SystemExit):
-            script.main(["--help"])
-        assert shown in " ".join(capsys.readouterr().out.split())
+    with pytest.raises(SystemExit):
+        resonance.main(["--help"])
+    assert "head dimension d (default 128)" in " ".join(capsys.readouterr().out.split())
 def test_every_documented_command_parses_as_written():
     """Each `python evaluate.py …` / `python finetune.py …` line of the READMEs parses with today's command line and
     names a preset and harness that exist: a committed result's command still runs as written (templates with $, …
