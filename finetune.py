@@ -450,10 +450,10 @@ def stdlib_documents(n: int | None = None, packages: bool = False) -> list[tuple
     documents that exist on every machine, in the spirit of Proof-pile / GitHub long-context sets. The top-level
     modules; with ``packages`` also those inside its packages (its tests included; site-packages left out)."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.glob("**/*.py" if packages else "*.py") if not {"site-packages", "dist-packages"} & set(
-        p.relative_to(root).parts) and p.is_file()]
-    return [(p.relative_to(root).as_posix(), p.read_text(encoding="utf-8", errors="replace"))
-            for p in sorted(files, key=lambda p: (-p.stat().st_size, p.relative_to(root).as_posix()))[:n]]
+    files = {p.relative_to(root).as_posix(): p for p in root.glob("**/*.py" if packages else "*.py")
+             if p.is_file() and p.relative_to(root).parts[0] not in ("site-packages", "dist-packages")}
+    largest = sorted(files, key=lambda name: (-files[name].stat().st_size, name))[:n]
+    return [(name, files[name].read_text(encoding="utf-8", errors="replace")) for name in largest]
 
 
 def read_documents(paths: list[str]) -> list[tuple[str, str]]:
