@@ -1474,6 +1474,8 @@ evaluate.py fig4 --heldout-docs 1 => argument --heldout-docs: must be in [2, inf
 evaluate.py fig4 --model /nonexistent/llama => no such model file or directory: /nonexistent/llama
 evaluate.py fig4 --model {tiny} --lengths 100000000000 => more than this machine's
 evaluate.py fig4 {fig4} --pes res_dynamic_ntk:2 => Resonance on a length-dependent
+evaluate.py fig4 {fig4} --text {d}/nope.jsonl => --text takes existing .txt or .jsonl files
+evaluate.py fig4 {fig4} --text {d}/doc.jsonl --heldout-docs 9 => heldout_docs = 9 documents of >= 32 tokens are needed
 evaluate.py table1 --jobs 0 => argument --jobs: must be in [1, 64], got 0
 evaluate.py table1 --seeds 5549 5549 => argument --seeds: repeats 5549
 evaluate.py ablation --tasks cot cot => argument --tasks: repeats cot
