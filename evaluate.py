@@ -347,9 +347,8 @@ def plot_positions(runs: list[dict], path: Path, title: str, preset: ft.Preset, 
             if not cell:
                 continue
             acc = 100 * np.array([c[first:] for c in cell], dtype=float)
-            ax.plot(pos, acc.mean(0), color=f"C{color}", lw=1, label=name + (f" ({len(cell)} seeds)" if len(cell) > 1
-                                                                          else ""),
-                    linestyle="--" if pe.startswith("res_") else "-")
+            label, res = name + (f" ({len(cell)} seeds)" if len(cell) > 1 else ""), pe.startswith("res_")
+            ax.plot(pos, acc.mean(0), color=f"C{color}", lw=1, label=label, linestyle="--" if res else "-")
             if len(cell) > 1:
                 ax.fill_between(pos, acc.min(0), acc.max(0), color=f"C{color}", alpha=0.15, lw=0)
         ax.axvline(preset.train_len, color="black", lw=0.8, linestyle=":")
@@ -842,7 +841,7 @@ def _llama(args: argparse.Namespace, max_len: int) -> tuple[model_lib.Llama, dic
     PEs of ``--pe`` with the shared YaRN / L options."""
     fields = {"original_len": args.original_length, "alpha": args.alpha, "beta": args.beta, "ramp": args.ramp}
     pes = {spec: PE.parse(spec, **fields) for spec in args.pe}
-    ft.check_memory(max_len * 4096 * 4, f"a {max_len}-token forward")  # one layer's activations: a lower bound
+    resonance.check_memory(max_len * 4096 * 4, f"a {max_len}-token forward")  # one layer's activations: a lower bound
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     return model_lib.load_llama(args.model, dtype=dtype).to(args.device), pes
 
@@ -985,7 +984,7 @@ def cmd_fig4(args: argparse.Namespace) -> int:
     old = model_lib.read_json(args.out, "a fig4 results file") if Path(args.out).is_file() else {}
     report = old if old.get("settings") == settings else {"settings": settings, "device": device_name(args.device)}
     lengths, root, t0 = sorted(args.lengths), Path(args.runs_dir) / "fig4", time.perf_counter()
-    ft.check_memory(lengths[-1] * 4096 * 4, "the longest evaluation forward")
+    resonance.check_memory(lengths[-1] * 4096 * 4, "the longest evaluation forward")
     for spec in args.pes:  # a PE the exported model could not carry fails now, before any training
         net = model_lib.load_llama(args.model, spec)
         model_lib.rope_scaling_of(net.pe, net.train_len, net.config.head_dim, net.config.rope_theta)

@@ -722,14 +722,6 @@ def model_flops_per_token(net: torch.nn.Module, n_layer: int, d_model: int, seq_
     return 6 * n_matmul + 12 * n_layer * d_model * seq_len
 
 
-def check_memory(nbytes: float, what: str) -> None:
-    """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if nbytes > ram:
-        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
-                         f"{ram / 2**30:.3g} GiB")
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The command line (its argument types, shared by every script, are resonance.py's).
 

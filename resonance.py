@@ -470,6 +470,14 @@ def run_main(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return 2
 
 
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse work that cannot fit in this machine's memory, saying so, instead of failing to allocate."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if nbytes > ram:
+        raise ValueError(f"{what} needs at least {nbytes / 2**30:.3g} GiB, more than this machine's "
+                         f"{ram / 2**30:.3g} GiB")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = Parser(prog="resonance.py", description="Per-feature wavelengths, critical dimension and feature gap "
                 "(Eq. 8) of a RoPE scaling, without and with Resonance (Alg. 1).")
@@ -485,10 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         pe = dataclasses.replace(PE.parse(a.pe, alpha=a.alpha, beta=a.beta, ramp=a.ramp), resonance=False)
-        need, ram = 64.0 * a.dim * max(a.test_len, 0), os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        if need > ram:  # refuse, rather than fail to allocate
-            raise ValueError(f"--test-len {a.test_len}: the feature gap needs about {need / 2**30:.3g} GiB, "
-                             f"more than this machine's {ram / 2**30:.3g} GiB")
+        check_memory(64.0 * a.dim * max(a.test_len, 0), f"--test-len {a.test_len}: the feature gap")
         theta0, (theta, _) = rope_inv_freq(a.dim, a.base), pe.inv_freq(a.dim, a.base, a.train_len, a.test_len)
         theta_r = resonance(theta)
         gap, gap_r = feature_gap(theta, a.train_len, a.test_len), feature_gap(theta_r, a.train_len, a.test_len)
