@@ -459,19 +459,6 @@ def run_cells(preset: ft.Preset, harness: ft.Harness, tasks, pes, seeds, args: a
     return [rows[c] for u in units for c in u]
 
 
-def upgraded(data: dict) -> dict:
-    """A results JSON (table1 or ablation) in today's form: files written before the depth moved from the preset
-    to the harness (2026-12-07) record ``n_layer`` in ``preset_config`` and "+n_layer=N" in the preset's name."""
-    config = data.get("preset_config")
-    if isinstance(config, dict) and "n_layer" in config:
-        n_layer = config.pop("n_layer")
-        for h in [data.get("harness"), *(v.get("harness") for v in data.get("variants", []))]:
-            if isinstance(h, dict):
-                h.setdefault("n_layer", n_layer)
-        data["preset"] = re.sub(r"\+n_layer=\d+", "", str(data.get("preset")))
-    return data
-
-
 TRAINING_FIELDS = [f.name for f in dataclasses.fields(ft.Preset) if f.name not in ("name", "seeds", "tasks")]
 
 
@@ -485,15 +472,14 @@ RUN_KEYS = ("task", "pe", "seed", "id_acc", "ood_acc", "trained_as", "train_s") 
 
 
 def table1_file(path: str) -> dict:
-    """A table1 results JSON, checked before anything reads it (in today's form, ``upgraded``): a harness with
-    every field, at least one run, each run's RUN_KEYS, a task and PE of Table 1's."""
+    """A table1 results JSON, checked before anything reads it: a harness with every field, at least one run, each
+    run's RUN_KEYS, a task and PE of Table 1's."""
     if not Path(path).exists():
         raise ValueError(f"--merge {path}: no such file")
     data = model_lib.read_json(path, "a table1 results file")
     if not (isinstance(data, dict) and isinstance(data.get("runs"), list) and isinstance(data.get("harness"), dict)
             and isinstance(data.get("preset_config"), dict)):
         raise ValueError(f"{path} is not a table1 results file (no runs, harness or preset_config)")
-    data = upgraded(data)
     lacking = [f.name for f in dataclasses.fields(ft.Harness) if f.name not in data["harness"]]
     bad = next((r for r in data["runs"] if not (isinstance(r, dict) and set(RUN_KEYS) <= r.keys()
                                                 and r["task"] in TABLE1_TASKS and r["pe"] in TABLE1_PES)), None)
@@ -523,7 +509,7 @@ def merged_runs(paths: list[str], preset: ft.Preset, harness: ft.Harness) -> tup
         for r in data["runs"] if same_rule else reselect(data["runs"], harness.select):
             if (key := (r["task"], r["pe"], r["seed"])) in runs:
                 raise ValueError(f"{path} repeats {key[0]} {key[1]} seed {key[2]}, held by an earlier --merge file")
-            runs[key] = {k: v for k, v in r.items() if k != "per_position"}  # files of 2026-12-07 repeated it here
+            runs[key] = r
         parts += data.get("merged_from") or [  # a merged file: the calls it was merged from
             {"file": Path(path).name} | {k: data.get(k) for k in ("wall_s", "device", "precision", "jobs")}]
     order = [list(TABLE1_TASKS), list(TABLE1_PES), list(dict.fromkeys([*preset.seeds, *sorted(r[2] for r in runs)]))]
@@ -644,7 +630,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     old = model_lib.read_json(out, "an ablation results file") if out.is_file() else {"variants": []}
     full = ft.harness_from_args(args)  # the code harness at --n-layer's depth
     if not (isinstance(old, dict) and isinstance(old.get("variants"), list) and (not old["variants"] or (
-            same_training(upgraded(old).get("preset_config", {}), preset)
+            same_training(old.get("preset_config", {}), preset)
             and all(v.get("harness", {}).get("n_layer") == full.n_layer for v in old["variants"])))):
         raise ValueError(f"{out} is not an ablation results file of preset {preset.name} at {full.n_layer} layers; "
                          "give another --out")
@@ -703,7 +689,7 @@ def budget_rows(paths: list[str | Path]) -> list[dict]:
             else None
         if full is None or "preset_config" not in data or "harness" not in full:
             raise ValueError(f"{path} is not an ablation results file with the full harness")
-        config = {k: v for k, v in upgraded(data)["preset_config"].items() if k not in BUDGET_SAME} | {
+        config = {k: v for k, v in data["preset_config"].items() if k not in BUDGET_SAME} | {
             "n_layer": full["harness"]["n_layer"], "d_model": data["preset_config"]["d_model"]}
         if model not in (None, config):
             raise ValueError(f"{path} trains another model than {paths[0]}: budgets compare one model")
