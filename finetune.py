@@ -97,10 +97,9 @@ def posgen_pes(pe: str, protocol: str = "code", train_len: int = 64, test_len: i
     """The (training, evaluation) PEs of one Table 1 row under a protocol; "res_" applies Alg. 1 last.
 
     ``paper`` (App. C.1): YaRN rows train *and* test with YaRN at s = L'/L = 4, α = 1, β = 32, Sec. 3.3's ramp.
-    ``code`` (the authors' released harness): every row trains with the unscaled table; YaRN rows swap YaRN in
-    for evaluation as that code computes it: s = (L'+1)/(L+1) = 257/65, the correction range from length
-    L'+1 = 257 (where YaRN means the *original* length), β_fast = 2, β_slow = 1, the index ramp. The +1 is their
-    start token.
+    ``code`` (the authors' released harness): every row trains with the unscaled table; YaRN rows swap YaRN in for
+    evaluation as that code computes it: s = (L'+1)/(L+1) = 257/65, the correction range from length L'+1 = 257 (where
+    YaRN means the *original* length), β_fast = 2, β_slow = 1, the index ramp. The +1 is their start token.
     """
     if pe not in PE_NAMES or protocol not in PROTOCOLS or not 0 < train_len < test_len:
         raise ValueError(f"pe must be one of {PE_NAMES}, protocol one of {PROTOCOLS} and 0 < train_len < test_len, "
@@ -409,8 +408,8 @@ def run_posgen(task: str, pe: str, seed: int, preset: str | Preset = "quick", ha
                   "by_select": test_by_rule(state["history"], pe)}
         write_json(result_path, result)
     chosen = result["by_select"][harness.select]
-    return result | {"harness": dataclasses.asdict(harness)} | {k: chosen[k] for k in ("epoch", "id_acc", "ood_acc",
-                                                                                       "x4_acc", "id_acc_x4free")}
+    reported = {k: chosen[k] for k in ("epoch", "id_acc", "ood_acc", "x4_acc", "id_acc_x4free")}
+    return result | {"harness": dataclasses.asdict(harness)} | reported
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -527,8 +526,7 @@ class CausalLMLoss(torch.nn.Module):
         return self.net.token_nll(input_ids).mean()
 
 
-def prepare_llama_run(run: LlamaRun, world: int = 1) -> tuple[model_lib.Llama, object, torch.Tensor, list[str],
-                                                                  dict]:
+def prepare_llama_run(run: LlamaRun, world: int) -> tuple[model_lib.Llama, object, torch.Tensor, list[str], dict]:
     """Check the run, then load: the model with the run's PE, its tokenizer, the training sequences, the held-out
     texts, and the log's header (steps, seq_len, target_len = L' = s·L, original_len = L)."""
     if run.batch_size % (run.micro_batch * world):
@@ -572,12 +570,11 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
                    save_every: int = 20, stop_after: int | None = None) -> dict:
     """Fine-tune a LLaMA whose PE is replaced by ``run.pe`` (Sec. 6.2.1, App. C.2); resumable.
 
-    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (CUDA only). Rank r of
-    R takes the r-th of R equal slices of each global batch, so a step's gradient is the same mean as in one
-    process. ``out`` receives ``ckpt.pt`` (every ``save_every`` steps and at the end; the step is the data
-    position), ``log.json`` (every step), ``heldout.jsonl`` (for ``evaluate.py perplexity --text``) and, once
-    done, ``model/``: an HF directory (``model.save_llama``). ``stop_after``: at most this many steps in this call
-    (as if killed). Returns the log.
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel: DDP, or with ``fsdp`` FSDP2 (CUDA only). Rank r of R takes
+    the r-th of R equal slices of each global batch, so a step's gradient is the same mean as in one process. ``out``
+    receives ``ckpt.pt`` (every ``save_every`` steps and at the end; the step is the data position), ``log.json`` (every
+    step), ``heldout.jsonl`` (for ``evaluate.py perplexity --text``) and, once done, ``model/``: an HF directory
+    (``model.save_llama``). ``stop_after``: at most this many steps in this call (as if killed). Returns the log.
     """
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # set by torchrun
     if fsdp and not torch.cuda.is_available():
@@ -594,8 +591,8 @@ def finetune_llama(run: LlamaRun, out: str | Path, device: str | None = None, fs
     if rank == 0:
         atomic_write(Path(out) / "heldout.jsonl", lambda p: Path(p).write_text(
             "".join(json.dumps({"text": t}) + "\n" for t in heldout)))
-    last, t_call, tokens = log["steps"] if stop_after is None else min(log["steps"], first + stop_after), \
-        time.perf_counter(), run.batch_size * log["seq_len"]
+    last = log["steps"] if stop_after is None else min(log["steps"], first + stop_after)
+    t_call, tokens = time.perf_counter(), run.batch_size * log["seq_len"]
     for step in range(first, last):
         t0, idx = time.perf_counter(), batch_indices(step, run.batch_size, len(train), run.seed)
         loss, lr = _llama_step(lm, opt, sched, train, idx.chunk(world)[rank].split(run.micro_batch), dev, fsdp, world)
@@ -645,7 +642,7 @@ def _llama_step(lm, opt, sched, train: torch.Tensor, micro: tuple[torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The machinery both loops share: checkpoints, progress lines, precision, FLOP counts, memory.
+# The machinery both loops share: checkpoints, progress lines, precision, FLOP counts.
 
 
 # Full (unsharded) state dicts keyed by parameter name: one checkpoint serves 1 process, DDP and FSDP.
@@ -775,9 +772,8 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 def harness_from_args(args: argparse.Namespace) -> Harness:
     """The protocol's harness (``code`` where the command has no --protocol) with each field given on the command
     line replaced."""
-    given = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(Harness)[1:]}
-    return dataclasses.replace(HARNESSES[getattr(args, "protocol", "code")],
-                               **{k: v for k, v in given.items() if v is not None})
+    given = {f.name: v for f in dataclasses.fields(Harness)[1:] if (v := getattr(args, f.name, None)) is not None}
+    return dataclasses.replace(HARNESSES[getattr(args, "protocol", "code")], **given)
 
 
 def cmd_posgen(args: argparse.Namespace) -> int:
