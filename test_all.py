@@ -735,6 +735,21 @@ def test_committed_two_layer_results_merge_with_the_flags_that_made_them(tmp_pat
     assert evaluate.main(["table1", "--merge", "results/table1_quick.json", "--preset", "cot", "--epochs", "4",
                           "--n-layer", "2", "--every-rule", "--out", str(out)]) == 0  # no curves: says so
     assert "Only best_val_id, last of the 5 selection rules: these runs hold no curves" in capsys.readouterr().out
+
+
+def test_every_committed_table1_file_records_what_a_merge_compares():
+    # --merge matches a file to --preset by every training field and to the harness by every field: a committed file
+    # lacking one (table1_semirec.json predated `precision`) cannot be merged with any flags
+    for path in sorted(Path("results").glob("table1_*.json")):
+        data = json.loads(path.read_text())
+        if "runs" in data:
+            evaluate.table1_file(str(path))
+        configs = [data.get("preset_config")] if "runs" in data or "variants" in data else []
+        assert all(set(evaluate.TRAINING_FIELDS) <= c.keys() for c in configs), path
+        harnesses = [data.get("harness")] if "runs" in data else [v["harness"] for v in data.get("variants", [])]
+        assert all({f.name for f in dataclasses.fields(finetune.Harness)} <= h.keys() for h in harnesses), path
+
+
 def test_table1_summary_variance_and_comparability():
     s = evaluate.table1_summary([{"task": "cot", "pe": pe, "seed": seed, "id_acc": i, "ood_acc": o} for pe, seed, i, o
                                  in (("rope", 1, .99, .5), ("rope", 2, .97, .7), ("res_rope", 1, .5, .9))])
